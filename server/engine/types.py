@@ -1,0 +1,249 @@
+"""Plain data types the engine takes and yields.
+
+The transport translates protobuf messages into these and back
+(``preimage.server.convert``); the engine never sees a protobuf message.
+Arrays are numpy, float32 for model inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from preimage.errors import InvalidArgumentError
+from preimage.registry.schema import DataStatistics, FeatureSchema, InputFeature
+
+__all__ = [
+    "BoundSpec",
+    "FixedSpec",
+    "InvertMode",
+    "InvertSpec",
+    "InvertStatus",
+    "InvertSummary",
+    "OutputMetrics",
+    "PatternBatch",
+    "PriorKind",
+    "TargetSpec",
+    "TrainProgress",
+    "TrainSpec",
+    "TrainWarning",
+    "TrainedModel",
+]
+
+
+class InvertMode(str, Enum):
+    """How Invert searches (see docs/inversion.md)."""
+
+    OPTIMIZE = "optimize"
+    SAMPLE = "sample"
+
+
+class PriorKind(str, Enum):
+    """Distribution random patterns are drawn from before the target is imposed."""
+
+    UNIFORM = "uniform"
+    DATA = "data"
+
+
+class InvertStatus(str, Enum):
+    """How an Invert run ended."""
+
+    COMPLETE = "complete"
+    UNREACHABLE = "unreachable"
+    INFEASIBLE = "infeasible"
+    EXHAUSTED = "exhausted"
+    BUDGET_SPENT = "budget_spent"
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What one output must equal: a value (within the tolerance) or a closed range.
+
+    Exactly one of ``value`` or the pair ``lower``/``upper`` is set.
+    """
+
+    value: float | None = None
+    lower: float | None = None
+    upper: float | None = None
+
+    def interval(self, tolerance: float) -> tuple[float, float]:
+        """The accepted output interval ``[lo, hi]``."""
+        if self.value is not None:
+            return self.value - tolerance, self.value + tolerance
+        assert self.lower is not None and self.upper is not None
+        return self.lower, self.upper
+
+    def validate(self, where: str) -> None:
+        """Raise :class:`InvalidArgumentError` naming ``where`` when malformed."""
+        if self.value is not None:
+            if self.lower is not None or self.upper is not None:
+                raise InvalidArgumentError(f"{where}: give a value or a range, not both", field=where)
+            if not math.isfinite(self.value):
+                raise InvalidArgumentError(f"{where}: target value must be finite, got {self.value}", field=where)
+            return
+        if self.lower is None or self.upper is None:
+            raise InvalidArgumentError(f"{where}: a target needs a value or a range", field=where)
+        if not (math.isfinite(self.lower) and math.isfinite(self.upper)):
+            raise InvalidArgumentError(
+                f"{where}: target range must be finite, got [{self.lower}, {self.upper}]", field=where
+            )
+        if self.lower > self.upper:
+            raise InvalidArgumentError(
+                f"{where}: target range lower end {self.lower} is above upper end {self.upper}", field=where
+            )
+
+
+@dataclass(frozen=True)
+class BoundSpec:
+    """A bound from the request. ``feature=None`` applies to every continuous and integer feature."""
+
+    feature: str | None
+    lower: float
+    upper: float
+
+
+@dataclass(frozen=True)
+class FixedSpec:
+    """A feature held fixed: ``value`` for numeric kinds, ``level`` for categorical ones."""
+
+    feature: str
+    value: float | None = None
+    level: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class InvertSpec:
+    """Options of one Invert run (validated by the engine, not here).
+
+    Attributes:
+        targets: One per model output.
+        n: Patterns wanted.
+        tolerance: Allowed ``|f(x) - y|`` for value targets.
+        seed: Random seed; ``None`` lets the engine draw one (reported in the summary).
+        mode: Search mode.
+        prior: ``None`` = data prior when statistics exist, else uniform.
+        min_distance: Minimum Euclidean distance between returned patterns (0 = off).
+        in_distribution_weight: Weight of the in-distribution penalty (0 = off).
+        max_seconds: Wall-clock budget; the run ends with ``BUDGET_SPENT`` when it is spent.
+        max_passes: Budget of batched model passes (forward + backward).
+        batch_size: Most patterns per yielded :class:`PatternBatch`.
+    """
+
+    targets: tuple[TargetSpec, ...]
+    n: int
+    tolerance: float = 1e-3
+    seed: int | None = None
+    mode: InvertMode = InvertMode.SAMPLE
+    prior: PriorKind | None = None
+    min_distance: float = 0.0
+    in_distribution_weight: float = 0.0
+    max_seconds: float | None = None
+    max_passes: int | None = None
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class PatternBatch:
+    """Patterns that hit the target.
+
+    Attributes:
+        inputs: ``k x d`` float32 model inputs.
+        outputs: ``k x m`` float32 model outputs for them.
+        errors: ``k x m`` float32 distances of each output to its target (0 inside a range).
+    """
+
+    inputs: np.ndarray
+    outputs: np.ndarray
+    errors: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+
+@dataclass(frozen=True)
+class InvertSummary:
+    """The last event of an Invert run."""
+
+    status: InvertStatus
+    message: str
+    requested: int
+    returned: int
+    elapsed_seconds: float
+    forward_passes: int
+    backward_passes: int
+    rows_evaluated: int
+    closest_output: tuple[float, ...]
+    closest_error: float
+    mode: InvertMode
+    prior: PriorKind
+    seed: int
+    preimage_size: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec:
+    """Options of one Train run (defaults match the proto's documented defaults)."""
+
+    name: str
+    target_columns: tuple[str, ...]
+    feature_columns: tuple[str, ...] = ()
+    categorical_columns: tuple[str, ...] = ()
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    activation: str = "silu"
+    epochs: int = 200
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    validation_fraction: float = 0.2
+    patience: int = 20
+    seed: int | None = None
+    feature_overrides: tuple[InputFeature, ...] = ()
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Progress after one epoch (losses are MSE on standardized targets)."""
+
+    epoch: int
+    epochs: int
+    train_loss: float
+    validation_loss: float
+    best_validation_loss: float
+    elapsed_seconds: float
+    eta_seconds: float
+
+
+@dataclass(frozen=True)
+class TrainWarning:
+    """A problem with the data that does not stop training."""
+
+    message: str
+    column: str = ""
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """Validation metrics of one output, in raw units."""
+
+    output: str
+    mse: float
+    mae: float
+    r2: float
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The last event of a Train run: an exported model ready to register."""
+
+    onnx_bytes: bytes
+    schema: FeatureSchema
+    statistics: DataStatistics
+    metrics: tuple[OutputMetrics, ...]
+    epochs_run: int
+    elapsed_seconds: float
+    rows: int
+    warnings: tuple[TrainWarning, ...] = field(default=())
