@@ -136,12 +136,20 @@ class RegisterModelHeader(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     STATISTICS_FIELD_NUMBER: _builtins.int
+    DEFAULT_MIN_FIELD_NUMBER: _builtins.int
+    DEFAULT_MAX_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name, matching [a-z0-9][a-z0-9._-]{0,63}."""
     size_bytes: _builtins.int
     """Optional total size in bytes, checked against the size limit up front."""
     sha256: _builtins.str
     """Optional lower-case hex sha256 of the bytes; the upload fails when it differs."""
+    default_min: _builtins.float
+    """Lower bound given to every continuous or integer input feature that has
+    none (the CLI's `--bounds LO:HI`). Requires default_max.
+    """
+    default_max: _builtins.float
+    """Upper bound given to every continuous or integer input feature that has none."""
     @_builtins.property
     def schema(self) -> _schema_pb2.FeatureSchema:
         """Optional feature schema. When absent, the ONNX metadata key
@@ -160,15 +168,25 @@ class RegisterModelHeader(_message.Message):
         size_bytes: _builtins.int = ...,
         sha256: _builtins.str = ...,
         statistics: _schema_pb2.DataStatistics | None = ...,
+        default_min: _builtins.float | None = ...,
+        default_max: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_schema", b"_schema", "_statistics", b"_statistics", "schema", b"schema", "statistics", b"statistics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_default_max", b"_default_max", "_default_min", b"_default_min", "_schema", b"_schema", "_statistics", b"_statistics", "default_max", b"default_max", "default_min", b"default_min", "schema", b"schema", "statistics", b"statistics"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_schema", b"_schema", "_statistics", b"_statistics", "name", b"name", "schema", b"schema", "sha256", b"sha256", "size_bytes", b"size_bytes", "statistics", b"statistics"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_default_max", b"_default_max", "_default_min", b"_default_min", "_schema", b"_schema", "_statistics", b"_statistics", "default_max", b"default_max", "default_min", b"default_min", "name", b"name", "schema", b"schema", "sha256", b"sha256", "size_bytes", b"size_bytes", "statistics", b"statistics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__default_max: _TypeAlias = _typing.Literal["default_max"]  # noqa: Y015
+    _WhichOneofArgType__default_max: _TypeAlias = _typing.Literal["_default_max", b"_default_max"]  # noqa: Y015
+    _WhichOneofReturnType__default_min: _TypeAlias = _typing.Literal["default_min"]  # noqa: Y015
+    _WhichOneofArgType__default_min: _TypeAlias = _typing.Literal["_default_min", b"_default_min"]  # noqa: Y015
     _WhichOneofReturnType__schema: _TypeAlias = _typing.Literal["schema"]  # noqa: Y015
     _WhichOneofArgType__schema: _TypeAlias = _typing.Literal["_schema", b"_schema"]  # noqa: Y015
     _WhichOneofReturnType__statistics: _TypeAlias = _typing.Literal["statistics"]  # noqa: Y015
     _WhichOneofArgType__statistics: _TypeAlias = _typing.Literal["_statistics", b"_statistics"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_max) -> _WhichOneofReturnType__default_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__default_min) -> _WhichOneofReturnType__default_min | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__schema) -> _WhichOneofReturnType__schema | None: ...
     @_typing.overload
