@@ -1,0 +1,166 @@
+"""``preimage.v1.InferenceService``: Predict, Invert and Train over the engine.
+
+The servicer only translates: proto → engine types, the engine in a worker
+thread, engine results → proto. Streams create a stop event, set it when the
+RPC ends for any reason (done-callback and ``finally``), and pull one engine
+event at a time from a worker thread, so a cancelled or expired call stops the
+work within one engine step.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import grpc
+from preimage.server.calls import Call, rpc
+from preimage.server.convert import (
+    columns_from_chunk,
+    invert_request_to_spec,
+    invert_summary_to_proto,
+    matrix_from_proto,
+    matrix_to_proto,
+    pattern_batch_to_proto,
+    train_config_to_spec,
+    train_event_to_proto,
+    train_result_to_proto,
+)
+from preimage.server.runtime import Runtime
+
+from preimage.errors import InvalidArgumentError, ResourceExhaustedError
+from preimage.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
+
+__all__ = ["InferenceServicer"]
+
+_END = object()
+DEFAULT_PATTERNS_PER_MESSAGE = 256
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Predict, Invert and Train RPCs."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.metrics = runtime.metrics
+
+    async def _load(self, ref: str) -> Any:
+        if not ref:
+            raise InvalidArgumentError("model_ref is empty; give NAME, NAME:VERSION or NAME@ALIAS", field="model_ref")
+        loaded = await self.runtime.run(self.runtime.registry().load, ref)
+        return loaded
+
+    @rpc("Predict", model_ref=lambda r: r.model_ref)
+    async def Predict(  # type: ignore[override]
+        self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> inference_pb2.PredictResponse:
+        from preimage.server.engine import predict
+
+        loaded = await self._load(request.model_ref)
+        X = matrix_from_proto(request.inputs, "inputs")
+        outputs = await self.runtime.run(predict, loaded.module, X)
+        self.metrics.predict_rows.inc(X.shape[0])
+        record = loaded.record
+        return inference_pb2.PredictResponse(
+            model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
+            outputs=matrix_to_proto(outputs),
+        )
+
+    @rpc("Invert", model_ref=lambda r: r.model_ref)
+    async def Invert(  # type: ignore[override]
+        self, request: inference_pb2.InvertRequest, context: grpc.aio.ServicerContext, call: Call
+    ) -> AsyncIterator[inference_pb2.InvertResponse]:
+        from preimage.server.engine import InputSpace, invert
+
+        settings = self.runtime.settings
+        if request.count > settings.max_invert_count:
+            raise ResourceExhaustedError(
+                f"count {request.count} is over the server's limit of {settings.max_invert_count} patterns per call"
+            )
+        spec, bounds, fixed = invert_request_to_spec(request, batch_size=DEFAULT_PATTERNS_PER_MESSAGE)
+        spec = _capped(spec, settings.invert_max_seconds, settings.invert_max_passes)
+        with self.runtime.invert_slots.acquire():
+            loaded = await self._load(request.model_ref)
+            record = loaded.record
+            call.model_ref = f"{record.name}:{record.version}"
+            space = await self.runtime.run(InputSpace.from_schema, loaded.schema, bounds=bounds, fixed=fixed)
+            stop = threading.Event()
+            context.add_done_callback(lambda _ctx: stop.set())
+            try:
+                events = invert(loaded.module, space, spec, statistics=loaded.statistics, stop=stop)
+                while (event := await self.runtime.run(next, events, _END)) is not _END:
+                    if hasattr(event, "inputs"):
+                        self.metrics.patterns.inc(len(event))
+                        yield pattern_batch_to_proto(event)
+                    else:
+                        self.metrics.passes.labels("forward").inc(event.forward_passes)
+                        self.metrics.passes.labels("backward").inc(event.backward_passes)
+                        self.metrics.rows_evaluated.inc(event.rows_evaluated)
+                        yield invert_summary_to_proto(event, record.name, record.version)
+            finally:
+                stop.set()
+
+    @rpc("Train")
+    async def Train(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[inference_pb2.TrainRequest], context: grpc.aio.ServicerContext, call: Call
+    ) -> AsyncIterator[inference_pb2.TrainResponse]:
+        from preimage.registry import ModelSource
+        from preimage.server.engine import TableBuilder, TrainedModel, train
+
+        settings = self.runtime.settings
+        with self.runtime.train_slots.acquire():
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            if first is None or first.WhichOneof("payload") != "config":
+                raise InvalidArgumentError("the first Train message must be the config", field="config")
+            spec = train_config_to_spec(first.config, max_seconds=settings.train_max_seconds)
+            call.model_ref = spec.name
+            registry = self.runtime.registry()
+            await self.runtime.run(registry.check_name, spec.name)
+            builder = TableBuilder(spec, min_rows=settings.train_min_rows)
+            index = 0
+            async for message in messages:
+                if message.WhichOneof("payload") != "data":
+                    raise InvalidArgumentError(
+                        f"message {index + 1} of the stream is not data: only the first message may be the config",
+                        field="data",
+                    )
+                await self.runtime.run(builder.add_chunk, columns_from_chunk(message.data, index))
+                index += 1
+            table = await self.runtime.run(builder.finish)
+            stop = threading.Event()
+            context.add_done_callback(lambda _ctx: stop.set())
+            self.metrics.training_running.inc()
+            outcome = "failed"
+            try:
+                events = train(table, spec, stop=stop)
+                while (event := await self.runtime.run(next, events, _END)) is not _END:
+                    if isinstance(event, TrainedModel):
+                        record = await self.runtime.run(
+                            registry.register_bytes,
+                            spec.name,
+                            event.onnx_bytes,
+                            schema=event.schema,
+                            statistics=event.statistics,
+                            source=ModelSource.TRAIN,
+                        )
+                        self.metrics.registered.labels("train").inc()
+                        call.model_ref = f"{record.name}:{record.version}"
+                        outcome = "registered"
+                        yield train_result_to_proto(event, record)
+                    else:
+                        yield train_event_to_proto(event)
+            finally:
+                stop.set()
+                self.metrics.training_running.dec()
+                self.metrics.training_jobs.labels(outcome).inc()
+
+
+def _capped(spec: Any, max_seconds: float, max_passes: int) -> Any:
+    """The spec with its budget capped by the server's limits."""
+    return replace(
+        spec,
+        max_seconds=min(spec.max_seconds or max_seconds, max_seconds),
+        max_passes=min(spec.max_passes or max_passes, max_passes),
+    )

@@ -1,0 +1,53 @@
+"""Prometheus metrics of one server instance.
+
+Each server owns its own ``CollectorRegistry`` so several servers can live in
+one process (tests); ``--metrics-address`` exposes it over HTTP.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """Counters, gauges and histograms the servicers update."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "preimage_requests", "RPCs finished, by method and status code.", ["rpc", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "preimage_request_duration_seconds",
+            "RPC duration, by method.",
+            ["rpc"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("preimage_in_flight_streams", "Streaming RPCs running, by method.", ["rpc"], registry=r)
+        self.patterns = Counter("preimage_invert_patterns", "Patterns returned by Invert.", registry=r)
+        self.passes = Counter(
+            "preimage_invert_passes", "Batched model passes spent by Invert, by direction.", ["direction"], registry=r
+        )
+        self.rows_evaluated = Counter("preimage_invert_rows_evaluated", "Rows pushed forward by Invert.", registry=r)
+        self.predict_rows = Counter("preimage_predict_rows", "Rows evaluated by Predict.", registry=r)
+        self.models_loaded = Gauge("preimage_models_loaded", "Converted models held in memory.", registry=r)
+        self.model_loads = Counter(
+            "preimage_model_loads", "Model look-ups by the inference service, by cache result.", ["result"], registry=r
+        )
+        self.training_jobs = Counter(
+            "preimage_training_jobs", "Train calls finished, by outcome.", ["outcome"], registry=r
+        )
+        self.training_running = Gauge("preimage_training_jobs_running", "Train calls running.", registry=r)
+        self.registered = Counter("preimage_models_registered", "Models registered, by source.", ["source"], registry=r)
+
+    def serve_http(self, address: str) -> object:
+        """Start the HTTP exposition endpoint on ``HOST:PORT``; returns the HTTP server."""
+        host, _, port = address.rpartition(":")
+        server, _thread = start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry)
+        return server

@@ -1,0 +1,169 @@
+"""Server settings: one place, one docstring per field.
+
+Sources, highest precedence first: command-line flags (``preimage serve --...``),
+environment variables (``PREIMAGE_<FIELD>``, e.g. ``PREIMAGE_ADDRESS``), an
+optional TOML file (``--config FILE`` or ``PREIMAGE_CONFIG``), then the defaults
+below. docs/configuration.md lists every field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "default_registry_dir"]
+
+
+def default_registry_dir() -> Path:
+    """``$XDG_DATA_HOME/preimage/registry``, else ``~/.local/share/preimage/registry``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "preimage" / "registry"
+
+
+class Settings(BaseSettings):
+    """Everything ``preimage serve`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="PREIMAGE_", extra="forbid", validate_default=True)
+
+    config: Path | None = None
+    """Optional TOML file with any of these settings (lowest precedence above defaults)."""
+
+    address: str = "127.0.0.1:50051"
+    """HOST:PORT to listen on; port 0 picks a free port. Loopback by default."""
+
+    registry_dir: Path = Field(default_factory=default_registry_dir)
+    """Registry directory (ONNX blobs and the SQLite index)."""
+
+    max_model_bytes: int = Field(default=256 * 2**20, gt=0)
+    """Largest ONNX model accepted for registration, in bytes."""
+
+    cache_size: int = Field(default=8, ge=1)
+    """Converted torch modules kept in memory (LRU)."""
+
+    max_message_bytes: int = Field(default=64 * 2**20, ge=4 * 2**20)
+    """Largest gRPC message received or sent, in bytes."""
+
+    max_invert_count: int = Field(default=10_000_000, ge=1)
+    """Largest ``count`` (n) one Invert call may ask for."""
+
+    max_concurrent_inverts: int = Field(default=8, ge=1)
+    """Invert streams running at once; more get RESOURCE_EXHAUSTED with a retry hint."""
+
+    max_concurrent_trains: int = Field(default=2, ge=1)
+    """Train streams running at once; more get RESOURCE_EXHAUSTED with a retry hint."""
+
+    invert_max_seconds: float = Field(default=120.0, gt=0)
+    """Cap on the wall-clock budget of one Invert call."""
+
+    invert_max_passes: int = Field(default=1_000_000, ge=1)
+    """Cap on the batched model passes of one Invert call."""
+
+    train_max_seconds: float = Field(default=3600.0, gt=0)
+    """Cap on the wall-clock time of one Train call."""
+
+    train_min_rows: int = Field(default=20, ge=2)
+    """Fewest table rows Train accepts."""
+
+    torch_threads: int | None = Field(default=None, ge=1)
+    """Threads torch uses for one operation; unset leaves torch's default."""
+
+    engine_workers: int = Field(default=16, ge=1)
+    """Worker threads running engine and registry work."""
+
+    watch_dir: Path | None = None
+    """Folder polled for ``NAME/*.onnx`` to register (Triton's poll mode)."""
+
+    watch_interval_seconds: float = Field(default=2.0, gt=0)
+    """Seconds between scans of ``watch_dir``."""
+
+    metrics_address: str | None = None
+    """HOST:PORT of the Prometheus endpoint; off when unset."""
+
+    log_format: Literal["plain", "json"] = "plain"
+    """Log line format."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level."""
+
+    tls_cert: Path | None = None
+    """PEM server certificate chain; enables TLS together with ``tls_key``."""
+
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+
+    tls_client_ca: Path | None = None
+    """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
+
+    admin_tokens: list[str] = Field(default_factory=list)
+    """Bearer tokens allowed every RPC. With any token configured, calls need one."""
+
+    read_tokens: list[str] = Field(default_factory=list)
+    """Bearer tokens allowed read-only RPCs (Predict, Invert, list, get)."""
+
+    reflection: bool = False
+    """Serve gRPC server reflection (grpcurl, Postman)."""
+
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    """On SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled."""
+
+    @field_validator("admin_tokens", "read_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        # Environment variables carry lists as comma-separated text.
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_path = _config_path(init_settings)
+        if config_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_path))
+        return tuple(sources)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether calls must carry a bearer token."""
+        return bool(self.admin_tokens or self.read_tokens)
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the server listens with TLS."""
+        return self.tls_cert is not None
+
+
+def _config_path(init_settings: PydanticBaseSettingsSource) -> Path | None:
+    explicit = init_settings().get("config")
+    if explicit is None:
+        explicit = os.environ.get("PREIMAGE_CONFIG")
+    if explicit is None:
+        return None
+    path = Path(explicit)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    return path
