@@ -114,9 +114,7 @@ class InputFeature:
                 lo = math.ceil(self.min) if self.min is not None else None
                 hi = math.floor(self.max) if self.max is not None else None
                 if lo is not None and hi is not None and lo > hi:
-                    raise SchemaError(
-                        f"{where} ({self.name}): no integer lies in [{self.min}, {self.max}]"
-                    )
+                    raise SchemaError(f"{where} ({self.name}): no integer lies in [{self.min}, {self.max}]")
         elif self.kind is FeatureKind.BINARY:
             if self.levels or self.min is not None or self.max is not None:
                 raise SchemaError(f"{where} ({self.name}): a binary feature takes no min, max or levels")
@@ -214,8 +212,7 @@ class FeatureSchema:
                 kind = FeatureKind(item.get("kind", "continuous"))
             except ValueError:
                 raise SchemaError(
-                    f"{where}: kind {item.get('kind')!r} is not one of "
-                    f"{[k.value for k in FeatureKind]}"
+                    f"{where}: kind {item.get('kind')!r} is not one of {[k.value for k in FeatureKind]}"
                 ) from None
             levels = item.get("levels", ())
             if not isinstance(levels, (list, tuple)):
@@ -291,15 +288,12 @@ class FeatureSchema:
         self.validated()
         if self.input_width != input_width:
             raise SchemaError(
-                f"the schema's inputs span {self.input_width} columns but the model takes "
-                f"{input_width} input columns"
+                f"the schema's inputs span {self.input_width} columns but the model takes {input_width} input columns"
             )
         if not self.outputs:
             return FeatureSchema(self.inputs, tuple(OutputFeature(f"y{i}") for i in range(output_width)))
         if len(self.outputs) != output_width:
-            raise SchemaError(
-                f"the schema names {len(self.outputs)} outputs but the model has {output_width} outputs"
-            )
+            raise SchemaError(f"the schema names {len(self.outputs)} outputs but the model has {output_width} outputs")
         return self
 
     # -- layout -------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import argparse
 import filecmp
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -78,7 +77,11 @@ def main() -> int:
         target = ROOT / PACKAGE_DIR
         if options.check:
             current = sorted(p.relative_to(ROOT) for p in target.iterdir() if p.is_file()) if target.exists() else []
-            stale = [str(p) for p in fresh if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)]
+            stale = [
+                str(p)
+                for p in fresh
+                if not (ROOT / p).exists() or not filecmp.cmp(Path(tmp) / p, ROOT / p, shallow=False)
+            ]
             extra = [str(p) for p in current if p not in fresh]
             if stale or extra:
                 print("generated code is stale; run: python scripts/gen_protos.py", file=sys.stderr)

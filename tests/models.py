@@ -6,6 +6,7 @@ Tests check results by evaluating the ONNX bytes with onnxruntime (or
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +18,13 @@ EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "difficult
 OPSET = 17
 
 
-def _model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto], d: int, m: int,
-           metadata: dict[str, str] | None = None) -> bytes:
+def _model(
+    nodes: list[onnx.NodeProto],
+    initializers: list[onnx.TensorProto],
+    d: int,
+    m: int,
+    metadata: dict[str, str] | None = None,
+) -> bytes:
     graph = helper.make_graph(
         nodes,
         "test",
@@ -50,7 +56,7 @@ def mlp_onnx(sizes: Sequence[int], seed: int = 0, activation: str = "Tanh", scal
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
     current = "x"
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         W = (rng.standard_normal((fan_out, fan_in)) * scale / np.sqrt(fan_in)).astype(np.float32)
         b = (rng.standard_normal(fan_out) * 0.1).astype(np.float32)
         inits += [numpy_helper.from_array(W, f"W{i}"), numpy_helper.from_array(b, f"b{i}")]

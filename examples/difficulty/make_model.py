@@ -40,8 +40,17 @@ def difficulty(X: np.ndarray) -> np.ndarray:
     """The studio's rule: a difficulty in [1, 10] for each row of ``X`` (n x 10, in [0, 1])."""
     d, s, g, p, h, t, c, b, u, v = X.T
     score = (
-        2.0 * d + 1.5 * s + 1.2 * g + 0.8 * h + 1.0 * t + 0.7 * c + 1.3 * b
-        - 1.0 * u - 0.8 * v + 0.6 * d * s + 0.5 * np.sin(3.0 * p) * g
+        2.0 * d
+        + 1.5 * s
+        + 1.2 * g
+        + 0.8 * h
+        + 1.0 * t
+        + 0.7 * c
+        + 1.3 * b
+        - 1.0 * u
+        - 0.8 * v
+        + 0.6 * d * s
+        + 0.5 * np.sin(3.0 * p) * g
     )
     return 1.0 + 9.0 / (1.0 + np.exp(-(score - 3.2) / 0.9))
 
