@@ -14,10 +14,11 @@ from enum import Enum
 import numpy as np
 
 from preimage.errors import InvalidArgumentError
-from preimage.registry.schema import DataStatistics, FeatureSchema, InputFeature
+from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature
 
 __all__ = [
     "BoundSpec",
+    "FeatureOverride",
     "FixedSpec",
     "InvertMode",
     "InvertSpec",
@@ -183,6 +184,22 @@ class InvertSummary:
     preimage_size: int | None = None
 
 
+@dataclass(frozen=True)
+class FeatureOverride:
+    """A client's correction of one inferred feature, matched by name.
+
+    Unlike an :class:`InputFeature` override (whose kind always replaces the inferred
+    one), every field left ``None`` or empty here keeps what was inferred from the data,
+    so ``FeatureOverride("walls", max=20)`` widens a bound without touching the kind.
+    """
+
+    name: str
+    kind: FeatureKind | None = None
+    min: float | None = None
+    max: float | None = None
+    levels: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """Options of one Train run (defaults match the proto's documented defaults)."""
@@ -200,7 +217,7 @@ class TrainSpec:
     validation_fraction: float = 0.2
     patience: int = 20
     seed: int | None = None
-    feature_overrides: tuple[InputFeature, ...] = ()
+    feature_overrides: tuple[InputFeature | FeatureOverride, ...] = ()
     max_seconds: float | None = None
 
 
