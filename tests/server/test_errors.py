@@ -1,0 +1,198 @@
+"""Every client mistake gets a specific status and message; the server keeps serving."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from preimage.server.app import start_server
+from preimage.server.settings import Settings
+
+from preimage.v1 import inference_pb2, registry_pb2, tensor_pb2
+from tests.models import linear_onnx, onnx_eval
+from tests.server.conftest import Stubs, connect, register, upload_requests
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def matrix(rows: list[list[float]]) -> tensor_pb2.Matrix:
+    X = np.asarray(rows, dtype=np.float32)
+    return tensor_pb2.Matrix(rows=X.shape[0], cols=X.shape[1], values=X.ravel().tolist())
+
+
+def invert(**kwargs: Any) -> Callable[[Stubs], Any]:
+    fields: dict[str, Any] = {"model_ref": "difficulty", "targets": [inference_pb2.Target(value=7.0)], "count": 5}
+    fields.update(kwargs)
+    return lambda s: list(s.inference.Invert(inference_pb2.InvertRequest(**fields), timeout=60))
+
+
+def predict(ref: str, rows: Any) -> Callable[[Stubs], Any]:
+    inputs = rows if isinstance(rows, tensor_pb2.Matrix) else matrix(rows)
+    return lambda s: s.inference.Predict(inference_pb2.PredictRequest(model_ref=ref, inputs=inputs), timeout=30)
+
+
+def upload(name: str, data: bytes) -> Callable[[Stubs], Any]:
+    return lambda s: s.registry.RegisterModel(upload_requests(name, data), timeout=60)
+
+
+def get(ref: str) -> Callable[[Stubs], Any]:
+    return lambda s: s.registry.GetModel(registry_pb2.GetModelRequest(model_ref=ref), timeout=30)
+
+
+ROW = [[0.5] * 10]
+CASES = [
+    # (id, call, code, words the message must contain, bad field or None)
+    ("unknown-model", get("nosuch"), NOT_FOUND, ["nosuch"], None),
+    ("unknown-version", get("difficulty:9"), NOT_FOUND, ["difficulty", "9"], None),
+    ("unknown-alias", get("difficulty@prod"), NOT_FOUND, ["prod"], None),
+    ("predict-unknown-model", predict("nosuch:2", ROW), NOT_FOUND, ["nosuch"], None),
+    ("invert-unknown-model", invert(model_ref="nosuch"), NOT_FOUND, ["nosuch"], None),
+    ("malformed-ref", get("Bad Name!"), INVALID, ["Bad Name!"], None),
+    ("empty-ref", get(""), INVALID, ["model_ref"], "model_ref"),
+    ("random-bytes", upload("junk", np.random.default_rng(0).bytes(4096)), INVALID, ["onnx"], None),
+    ("empty-bytes", upload("junk", b""), INVALID, ["empty"], None),
+    ("text-bytes", upload("junk", b"this is not a model\n" * 50), INVALID, ["onnx"], None),
+    ("bad-name", upload("Bad/Name", linear_onnx(np.ones((1, 2)), [0.0])), INVALID, ["name"], None),
+    ("predict-width", predict("difficulty", [[0.5] * 9]), INVALID, ["9", "10"], "inputs"),
+    ("predict-nan", predict("difficulty", [[0.5] * 9 + [math.nan]]), INVALID, ["finite"], "inputs"),
+    ("predict-inf", predict("difficulty", [[math.inf] + [0.5] * 9]), INVALID, ["finite"], "inputs"),
+    (
+        "predict-short-matrix",
+        predict("difficulty", tensor_pb2.Matrix(rows=2, cols=10, values=[0.5] * 19)),
+        INVALID,
+        ["20", "19"],
+        "inputs",
+    ),
+    ("invert-nan-target", invert(targets=[inference_pb2.Target(value=math.nan)]), INVALID, ["finite"], "targets[0]"),
+    ("invert-inf-target", invert(targets=[inference_pb2.Target(value=math.inf)]), INVALID, ["finite"], "targets[0]"),
+    ("invert-no-target", invert(targets=[]), INVALID, ["target"], None),
+    (
+        "invert-too-many-targets",
+        invert(targets=[inference_pb2.Target(value=7.0), inference_pb2.Target(value=1.0)]),
+        INVALID,
+        ["2", "1"],
+        None,
+    ),
+    ("invert-unset-target", invert(targets=[inference_pb2.Target()]), INVALID, ["value or a range"], "targets[0]"),
+    ("invert-zero-count", invert(count=0), INVALID, ["count"], "count"),
+    ("invert-negative-tolerance", invert(tolerance=-0.1), INVALID, ["tolerance"], "tolerance"),
+    (
+        "invert-inverted-bounds",
+        invert(bounds=[inference_pb2.FeatureBounds(feature="enemy_speed", lower=0.8, upper=0.2)]),
+        INVALID,
+        ["0.8", "0.2"],
+        "bounds[0]",
+    ),
+    (
+        "invert-unknown-feature",
+        invert(bounds=[inference_pb2.FeatureBounds(feature="nosuch", lower=0, upper=1)]),
+        INVALID,
+        ["nosuch"],
+        None,
+    ),
+    (
+        "invert-inverted-range",
+        invert(targets=[inference_pb2.Target(range=inference_pb2.Interval(lower=8, upper=6))]),
+        INVALID,
+        ["8", "6"],
+        "targets[0]",
+    ),
+    ("invert-unbounded-model", invert(model_ref="lin"), INVALID, ["bounds"], None),
+    ("invert-over-count-limit", invert(count=10**12), grpc.StatusCode.RESOURCE_EXHAUSTED, ["limit"], None),
+    (
+        "delete-bare-name",
+        lambda s: s.registry.DeleteModel(registry_pb2.DeleteModelRequest(model_ref="difficulty")),
+        INVALID,
+        ["all"],
+        None,
+    ),
+    (
+        "stream-without-header",
+        lambda s: s.registry.RegisterModel(iter([registry_pb2.RegisterModelRequest(chunk=b"abc")])),
+        INVALID,
+        ["header"],
+        "header",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def loaded_server(tmp_path_factory: pytest.TempPathFactory, example_model_bytes_module: bytes) -> Any:
+    settings = Settings(
+        registry_dir=tmp_path_factory.mktemp("registry"), address="127.0.0.1:0", max_invert_count=1_000_000
+    )
+    running = start_server(settings)
+    stubs = connect(running.address)
+    register(stubs, "difficulty", example_model_bytes_module)
+    register(stubs, "lin", linear_onnx(np.ones((1, 3)), [0.0]))
+    yield stubs
+    stubs.channel.close()
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def example_model_bytes_module() -> bytes:
+    from tests.models import EXAMPLE_MODEL
+
+    return EXAMPLE_MODEL.read_bytes()
+
+
+@pytest.mark.parametrize(("call", "code", "words", "field"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_error_status(
+    loaded_server: Stubs,
+    example_model_bytes_module: bytes,
+    call: Callable[[Stubs], Any],
+    code: grpc.StatusCode,
+    words: list[str],
+    field: str | None,
+) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(loaded_server)
+    error = caught.value
+    assert error.code() == code, error.details()
+    for word in words:
+        assert word.lower() in error.details().lower(), error.details()
+    status = rpc_status.from_call(error)
+    if field is not None:
+        assert status is not None
+        violations = [
+            v.field
+            for detail in status.details
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR)
+            for v in _unpack_bad_request(detail).field_violations
+        ]
+        assert field in violations
+    # The server keeps serving, and nothing stored was lost.
+    X = np.full((1, 10), 0.5, dtype=np.float32)
+    out = predict("difficulty:1", X.tolist())(loaded_server)
+    np.testing.assert_allclose(
+        np.asarray(out.outputs.values).reshape(1, 1), onnx_eval(example_model_bytes_module, X), atol=1e-5
+    )
+    names = {(m.name, m.version) for m in loaded_server.registry.ListModels(registry_pb2.ListModelsRequest()).models}
+    assert names == {("difficulty", 1), ("lin", 1)}
+
+
+def _unpack_bad_request(detail: Any) -> error_details_pb2.BadRequest:
+    message = error_details_pb2.BadRequest()
+    detail.Unpack(message)
+    return message
+
+
+def test_model_over_size_limit_is_resource_exhausted(tmp_path: Any) -> None:
+    data = linear_onnx(np.ones((1, 600)), [0.0])
+    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0", max_model_bytes=1024)
+    with start_server(settings) as running:
+        stubs = connect(running.address)
+        with pytest.raises(grpc.RpcError) as caught:
+            register(stubs, "big", data)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "1024" in caught.value.details()
+        assert list(stubs.registry.ListModels(registry_pb2.ListModelsRequest()).models) == []
+        stubs.channel.close()
