@@ -20,7 +20,9 @@ _SERVING_LINE = re.compile(r"preimage serving on (\S+)")
 class ServerProcess:
     """``python -m preimage.server.cli`` with the given flags; its address is read from stdout."""
 
-    def __init__(self, registry_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120) -> None:
+    def __init__(
+        self, registry_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> None:
         command = [sys.executable, "-m", "preimage.server.cli", "--registry", str(registry_dir), *extra]
         if "--address" not in extra:
             command += ["--address", "127.0.0.1:0"]
@@ -61,7 +63,10 @@ class ServerProcess:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                    if (
+                        stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
                         return
                 except grpc.RpcError:
                     pass

@@ -79,7 +79,10 @@ def test_invert_with_request_bounds_on_unbounded_model(stubs: Stubs) -> None:
         targets=[inference_pb2.Target(value=1.25)],
         count=50,
         seed=3,
-        bounds=[inference_pb2.FeatureBounds(lower=-2, upper=2), inference_pb2.FeatureBounds(feature="x1", lower=0, upper=0.5)],
+        bounds=[
+            inference_pb2.FeatureBounds(lower=-2, upper=2),
+            inference_pb2.FeatureBounds(feature="x1", lower=0, upper=0.5),
+        ],
     )
     X, _, _, summary, _ = collect(stubs.inference.Invert(request, timeout=60))
     assert summary.returned == 50
