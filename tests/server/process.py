@@ -78,6 +78,10 @@ class ServerProcess:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
+    def terminate_async(self) -> None:
+        """SIGTERM without waiting."""
+        self.process.send_signal(signal.SIGTERM)
+
     def kill(self) -> None:
         """SIGKILL, no clean-up at all."""
         if self.process.poll() is None:

@@ -1,0 +1,54 @@
+"""Settings precedence: flags over environment variables over the TOML file over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from preimage.server.cli import settings_from_args
+from preimage.server.settings import Settings
+
+
+def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "preimage.toml"
+    config.write_text(
+        'address = "127.0.0.1:6000"\nlog_format = "json"\ncache_size = 3\nmax_concurrent_inverts = 5\n'
+        'read_tokens = ["r1", "r2"]\n'
+    )
+    monkeypatch.setenv("PREIMAGE_CONFIG", str(config))
+    monkeypatch.setenv("PREIMAGE_CACHE_SIZE", "4")
+    monkeypatch.setenv("PREIMAGE_MAX_CONCURRENT_INVERTS", "6")
+    settings = settings_from_args(["--max-concurrent-inverts", "7"])
+    assert settings.address == "127.0.0.1:6000"  # file
+    assert settings.log_format == "json"  # file
+    assert settings.cache_size == 4  # env over file
+    assert settings.max_concurrent_inverts == 7  # flag over env
+    assert settings.read_tokens == ["r1", "r2"]
+    assert settings.max_model_bytes == 256 * 2**20  # default
+
+
+def test_env_tokens_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREIMAGE_ADMIN_TOKENS", "a, b")
+    assert Settings().admin_tokens == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tls-cert", "x.pem"], "tls_cert and tls_key"),
+        (["--max-concurrent-inverts", "0"], "max_concurrent_inverts"),
+        (["--config", "/nonexistent.toml"], "does not exist"),
+        (["--log-format", "xml"], "invalid choice"),
+    ],
+)
+def test_bad_settings_exit_with_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        settings_from_args(argv)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_setting_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`PREIMAGE_{name.upper()}`" in doc, f"{name} missing from docs/configuration.md"
