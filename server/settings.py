@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -32,7 +33,9 @@ def default_registry_dir() -> Path:
 class Settings(BaseSettings):
     """Everything ``preimage serve`` can be told."""
 
-    model_config = SettingsConfigDict(env_prefix="PREIMAGE_", extra="forbid", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="PREIMAGE_", extra="forbid", validate_default=True, use_attribute_docstrings=True
+    )
 
     config: Path | None = None
     """Optional TOML file with any of these settings (lowest precedence above defaults)."""
@@ -103,10 +106,10 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     """PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."""
 
-    admin_tokens: list[str] = Field(default_factory=list)
+    admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Bearer tokens allowed every RPC. With any token configured, calls need one."""
 
-    read_tokens: list[str] = Field(default_factory=list)
+    read_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Bearer tokens allowed read-only RPCs (Predict, Invert, list, get)."""
 
     reflection: bool = False
@@ -118,7 +121,11 @@ class Settings(BaseSettings):
     @field_validator("admin_tokens", "read_tokens", mode="before")
     @classmethod
     def _split_tokens(cls, value: Any) -> Any:
-        # Environment variables carry lists as comma-separated text.
+        # Environment variables carry lists as comma-separated text (or a JSON list).
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            import json
+
+            return json.loads(value)
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
