@@ -5,8 +5,12 @@ Plain torch and numpy; never imports grpc or generated protobuf code.
 
 from __future__ import annotations
 
+from preimage.server.engine.data import Table, TableBuilder, build_table, data_statistics, encode, infer_schema
+from preimage.server.engine.export import export_onnx
+from preimage.server.engine.train import train
 from preimage.server.engine.types import (
     BoundSpec,
+    FeatureOverride,
     FixedSpec,
     InvertMode,
     InvertSpec,
@@ -24,6 +28,7 @@ from preimage.server.engine.types import (
 
 __all__ = [
     "BoundSpec",
+    "FeatureOverride",
     "FixedSpec",
     "InvertMode",
     "InvertSpec",
@@ -32,9 +37,17 @@ __all__ = [
     "OutputMetrics",
     "PatternBatch",
     "PriorKind",
+    "Table",
+    "TableBuilder",
     "TargetSpec",
     "TrainProgress",
     "TrainSpec",
     "TrainWarning",
     "TrainedModel",
+    "build_table",
+    "data_statistics",
+    "encode",
+    "export_onnx",
+    "infer_schema",
+    "train",
 ]

@@ -1,0 +1,152 @@
+"""Connection settings shared by the blocking and asyncio clients: channels, metadata, retries."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+
+__all__ = ["ChannelConfig", "Deadline", "RetryPolicy"]
+
+# Replies (Predict outputs, model lists, pattern batches) may be larger than
+# gRPC's 4 MiB default; requests are chunked by the client and need no raise.
+_MAX_RECEIVE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff for UNAVAILABLE on idempotent calls.
+
+    Only ``models``, ``model``, ``predict``, ``health`` and an ``invert`` that has
+    not received its first message are retried; ``register``, ``train``,
+    ``delete`` and alias changes never are, because a lost reply does not mean
+    the server did nothing.
+
+    Attributes:
+        max_attempts: Attempts in all, the first included (1 disables retries).
+        initial_backoff: Seconds before the first retry.
+        max_backoff: Longest wait between attempts.
+        multiplier: Growth of the wait per attempt.
+        jitter: Random share (0..1) taken off each wait so clients spread out.
+
+    Example:
+        >>> list(RetryPolicy(max_attempts=4, jitter=0.0).delays())
+        [0.1, 0.2, 0.4]
+    """
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    def delays(self) -> Iterator[float]:
+        """The waits before each retry, ``max_attempts - 1`` of them."""
+        delay = self.initial_backoff
+        for _ in range(max(self.max_attempts, 1) - 1):
+            yield min(delay, self.max_backoff) * (1.0 - self.jitter * random.random())
+            delay *= self.multiplier
+
+
+class Deadline:
+    """An absolute deadline for a call and all its retries; ``None`` seconds means none.
+
+    Example:
+        >>> Deadline(None).remaining() is None
+        True
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self._at = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or ``None`` without a deadline."""
+        return None if self._at is None else max(self._at - time.monotonic(), 0.0)
+
+    def allows(self, wait: float) -> bool:
+        """Whether waiting ``wait`` seconds still leaves time for another attempt."""
+        return self._at is None or time.monotonic() + wait < self._at
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """How to reach and authenticate to a server.
+
+    Attributes:
+        target: ``HOST:PORT``.
+        token: Sent as ``authorization: Bearer <token>`` on every call.
+        root_certificates: PEM CA bundle (bytes or a path); enables TLS.
+        private_key: PEM client key for mutual TLS (bytes or a path).
+        certificate_chain: PEM client certificate for mutual TLS (bytes or a path).
+        tls: Force TLS on (with the system roots) or off; default: on when any PEM is given.
+        timeout: Default per-call deadline in seconds (``None``: none).
+        retry: Backoff for UNAVAILABLE on idempotent calls.
+        options: Extra gRPC channel options.
+        metadata: Extra metadata sent on every call.
+    """
+
+    target: str = "127.0.0.1:50051"
+    token: str | None = None
+    root_certificates: bytes | str | Path | None = None
+    private_key: bytes | str | Path | None = None
+    certificate_chain: bytes | str | Path | None = None
+    tls: bool | None = None
+    timeout: float | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    options: Sequence[tuple[str, Any]] = ()
+    metadata: Sequence[tuple[str, str]] = ()
+
+    @property
+    def secure(self) -> bool:
+        """Whether the channel uses TLS."""
+        if self.tls is not None:
+            return self.tls
+        return any(v is not None for v in (self.root_certificates, self.private_key, self.certificate_chain))
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials from the configured PEM material."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=_pem(self.root_certificates),
+            private_key=_pem(self.private_key),
+            certificate_chain=_pem(self.certificate_chain),
+        )
+
+    def channel_options(self) -> list[tuple[str, Any]]:
+        """gRPC channel options: a large receive limit, then the caller's."""
+        return [("grpc.max_receive_message_length", _MAX_RECEIVE_BYTES), *self.options]
+
+    def channel(self) -> grpc.Channel:
+        """A blocking channel."""
+        if self.secure:
+            return grpc.secure_channel(self.target, self.credentials(), options=self.channel_options())
+        return grpc.insecure_channel(self.target, options=self.channel_options())
+
+    def aio_channel(self) -> grpc.aio.Channel:
+        """An asyncio channel (create it inside the running event loop)."""
+        if self.secure:
+            return grpc.aio.secure_channel(self.target, self.credentials(), options=self.channel_options())
+        return grpc.aio.insecure_channel(self.target, options=self.channel_options())
+
+    def call_metadata(self, request_id: str) -> tuple[tuple[str, str], ...]:
+        """Metadata for one call: the request id, the bearer token, and the configured extras."""
+        items = [("x-request-id", request_id)]
+        if self.token:
+            items.append(("authorization", f"Bearer {self.token}"))
+        items.extend(self.metadata)
+        return tuple(items)
+
+    def deadline(self, timeout: float | None) -> Deadline:
+        """The deadline of a call given its own ``timeout`` (falls back to :attr:`timeout`)."""
+        return Deadline(self.timeout if timeout is None else timeout)
+
+
+def _pem(value: bytes | str | Path | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
