@@ -99,9 +99,7 @@ def describe_model(info: ModelInfo) -> str:
         f"source   {info.source.value}",
         f"inputs   {len(info.schema.inputs)} features, {info.input_width} columns",
     ]
-    feature_rows = [
-        [f.name, f.kind.value, _feature_range(f.kind, f.min, f.max, f.levels)] for f in info.schema.inputs
-    ]
+    feature_rows = [[f.name, f.kind.value, _feature_range(f.kind, f.min, f.max, f.levels)] for f in info.schema.inputs]
     lines += ["  " + line for line in table(["NAME", "KIND", "RANGE"], feature_rows).splitlines()]
     lines.append(f"outputs  {', '.join(info.schema.output_names) or info.output_width}")
     if info.statistics is not None:

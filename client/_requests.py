@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
-from preimage.client import convert
+from preimage.client import _wire, convert
 from preimage.client.errors import InternalError, InvalidArgumentError
 from preimage.client.table import DEFAULT_CHUNK_BYTES, Table, csv_table, mapping_table
 from preimage.client.types import (
@@ -26,6 +26,7 @@ from preimage.client.types import (
     FloatArray,
     InvertMode,
     InvertSummary,
+    ModelInfo,
     Pattern,
     Prior,
 )
@@ -54,6 +55,7 @@ DEFAULT_CHUNK_SIZE = 1 << 20
 _PREDICT_BYTES = 2 << 20
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def new_request_id() -> str:
@@ -154,6 +156,96 @@ def register_requests(
         yield registry_pb2.RegisterModelRequest(chunk=chunk)
 
 
+@dataclass(frozen=True)
+class Unary(Generic[R]):
+    """One unary call, described once for both clients.
+
+    Attributes:
+        service: ``"registry"``, ``"inference"`` or ``"health"``.
+        method: The RPC method name.
+        request: The request message (a request iterator for client-streaming calls).
+        idempotent: Whether UNAVAILABLE may be retried.
+        parse: Turns the response message into the method's result.
+    """
+
+    service: str
+    method: str
+    request: Any
+    idempotent: bool
+    parse: Callable[[Any], R]
+
+
+_HEALTH_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+
+
+def health_call(service: str) -> Unary[str]:
+    """``grpc.health.v1.Health/Check``; the result is the status name (``"SERVING"``, ...)."""
+    return Unary(
+        "health",
+        "Check",
+        _wire.HealthCheckRequest(service=service),
+        True,
+        lambda r: _HEALTH_NAMES.get(int(r.status), "UNKNOWN"),
+    )
+
+
+def register_call(
+    upload: Upload,
+    name: str,
+    schema: FeatureSchema | Mapping[str, Any] | str | Path | None,
+    bounds: Sequence[float] | None,
+    chunk_size: int,
+) -> Unary[ModelInfo]:
+    """RegisterModel: never retried (a lost reply does not mean nothing was stored)."""
+    requests = CapturingIterator(register_requests(upload, name, convert.schema_argument(schema), bounds, chunk_size))
+    return Unary("registry", "RegisterModel", requests, False, lambda r: convert.model_info_from_proto(r.model))
+
+
+def list_call(name: str | None, all_versions: bool) -> Unary[list[ModelInfo]]:
+    """ListModels."""
+    request = registry_pb2.ListModelsRequest(name=name or "", all_versions=all_versions)
+    return Unary(
+        "registry", "ListModels", request, True, lambda r: [convert.model_info_from_proto(m) for m in r.models]
+    )
+
+
+def get_call(ref: str) -> Unary[ModelInfo]:
+    """GetModel."""
+    request = registry_pb2.GetModelRequest(model_ref=ref)
+    return Unary("registry", "GetModel", request, True, lambda r: convert.model_info_from_proto(r.model))
+
+
+def delete_call(ref: str, all_versions: bool) -> Unary[list[ModelInfo]]:
+    """DeleteModel."""
+    request = registry_pb2.DeleteModelRequest(model_ref=ref, all_versions=all_versions)
+    return Unary(
+        "registry", "DeleteModel", request, False, lambda r: [convert.model_info_from_proto(m) for m in r.deleted]
+    )
+
+
+def alias_call(name: str, alias: str, version: int) -> Unary[ModelInfo]:
+    """SetAlias."""
+    request = registry_pb2.SetAliasRequest(name=name, alias=alias, version=version)
+    return Unary("registry", "SetAlias", request, False, lambda r: convert.model_info_from_proto(r.model))
+
+
+def unalias_call(name: str, alias: str) -> Unary[None]:
+    """DeleteAlias."""
+    request = registry_pb2.DeleteAliasRequest(name=name, alias=alias)
+    return Unary("registry", "DeleteAlias", request, False, lambda r: None)
+
+
+def predict_call(ref: str, X: FloatArray) -> Unary[FloatArray]:
+    """Predict on one slice of rows (see :func:`predict_slices`)."""
+    request = inference_pb2.PredictRequest(model_ref=ref, inputs=convert.matrix_to_proto(X))
+    return Unary("inference", "Predict", request, True, lambda r: convert.matrix_from_proto(r.outputs))
+
+
+def stack(outputs: Sequence[FloatArray]) -> FloatArray:
+    """The outputs of consecutive Predict slices as one array."""
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+
+
 def rows_argument(rows: Any) -> tuple[FloatArray | None, list[Mapping[str, Any]] | None]:
     """Split Predict's ``rows`` into a raw ``n x d`` array or a list of by-name rows.
 
@@ -164,9 +256,7 @@ def rows_argument(rows: Any) -> tuple[FloatArray | None, list[Mapping[str, Any]]
     """
     if isinstance(rows, Mapping):
         return None, [rows]
-    if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and isinstance(
-        rows[0], Mapping
-    ):
+    if isinstance(rows, Sequence) and not isinstance(rows, (str, bytes)) and rows and isinstance(rows[0], Mapping):
         return None, list(rows)
     try:
         array = np.asarray(rows, dtype=np.float32)
@@ -414,4 +504,3 @@ def _train_stream(
     yield inference_pb2.TrainRequest(config=config)
     for chunk in table.chunks(categorical, chunk_bytes):
         yield inference_pb2.TrainRequest(data=chunk)
-

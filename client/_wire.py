@@ -74,9 +74,7 @@ def _build() -> dict[str, Any]:
             _field("description", 2, _F.TYPE_STRING),
         ],
         "BadRequestCopy": [
-            _field(
-                "field_violations", 1, _F.TYPE_MESSAGE, repeated=True, type_name=".FieldViolationCopy"
-            ),
+            _field("field_violations", 1, _F.TYPE_MESSAGE, repeated=True, type_name=".FieldViolationCopy"),
         ],
         "DurationCopy": [
             _field("seconds", 1, _F.TYPE_INT64),
@@ -92,9 +90,7 @@ def _build() -> dict[str, Any]:
         proto.message_type.add(name=name, field=fields)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name)) for name in specs
-    }
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name)) for name in specs}
 
 
 _CLASSES = _build()

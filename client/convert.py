@@ -124,8 +124,9 @@ def matrix_to_proto(X: Any, *, field: str = "inputs") -> tensor_pb2.Matrix:
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"{field}: not a numeric array ({exc})", field=field) from None
     if array.ndim != 2:
-        raise InvalidArgumentError(f"{field}: expected a 2-D array (rows x columns), got shape {array.shape}",
-                                   field=field)
+        raise InvalidArgumentError(
+            f"{field}: expected a 2-D array (rows x columns), got shape {array.shape}", field=field
+        )
     rows, cols = array.shape
     return tensor_pb2.Matrix(rows=rows, cols=cols, values=array.reshape(-1))
 
@@ -167,9 +168,7 @@ def schema_from_proto(message: schema_pb2.FeatureSchema) -> FeatureSchema:
 
 def model_info_from_proto(message: registry_pb2.ModelInfo) -> ModelInfo:
     """A protobuf ``ModelInfo`` as the client's dataclass."""
-    created = (
-        message.create_time.ToDatetime(tzinfo=timezone.utc) if message.HasField("create_time") else None
-    )
+    created = message.create_time.ToDatetime(tzinfo=timezone.utc) if message.HasField("create_time") else None
     statistics = None
     if message.HasField("statistics"):
         s = message.statistics

@@ -66,9 +66,7 @@ class PreimageError(Exception):
 
     exit_code: ClassVar[int] = 1
 
-    def __init__(
-        self, message: str, *, code: grpc.StatusCode | None = None, request_id: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None, request_id: str | None = None) -> None:
         text = message if code is None else f"{code.name}: {message}"
         super().__init__(text)
         self.message = message

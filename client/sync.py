@@ -3,57 +3,40 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
-from preimage.client import _requests, _wire, convert
-from preimage.client._channel import ChannelConfig, Deadline, RetryPolicy
-from preimage.client._requests import CapturingIterator, InvertState, PatternArrays, Upload
-from preimage.client.errors import (
-    CancelledError,
-    DeadlineExceededError,
-    InternalError,
-    error_from_rpc,
-)
+from preimage.client import _requests
+from preimage.client._base import ClientBase, InvertStreamBase, TrainRunBase
+from preimage.client._channel import Deadline
+from preimage.client._requests import CapturingIterator, PatternArrays, Upload
+from preimage.client.errors import DeadlineExceededError, error_from_rpc
 from preimage.client.types import (
-    Activation,
     FeatureSchema,
-    FeatureValue,
     FloatArray,
-    InvertMode,
     InvertSummary,
     ModelInfo,
     Pattern,
-    Prior,
     TrainEvent,
     TrainResult,
 )
 
-from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
+from preimage.v1 import inference_pb2
 
 __all__ = ["Client", "InvertStream", "TrainRun"]
 
 R = TypeVar("R")
 
-_SERVING = 1
-_HEALTH_NAMES = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 
-
-def _retryable(exc: grpc.RpcError) -> bool:
-    code = exc.code() if isinstance(exc, grpc.Call) else None
-    return code is grpc.StatusCode.UNAVAILABLE
-
-
-class InvertStream:
+class InvertStream(InvertStreamBase):
     """The patterns of one Invert call, as they arrive; then its summary.
 
     Iterate it for :class:`Pattern`s (or :meth:`batches` for arrays), then read
     :attr:`summary`; :meth:`to_numpy` collects every pattern; :meth:`cancel`
-    stops the server's search. Use it as a context manager to cancel on exit.
+    stops the server's search. As a context manager it cancels on exit.
 
     Example:
         >>> with client.invert("difficulty", target=7.0, n=100, seed=1) as stream:  # doctest: +SKIP
@@ -63,68 +46,23 @@ class InvertStream:
         <InvertStatus.COMPLETE: 'complete'>
     """
 
-    def __init__(
-        self,
-        open_call: Callable[[], Any],
-        *,
-        schema: FeatureSchema | None,
-        retry: RetryPolicy,
-        deadline: Deadline,
-        request_id: str,
-    ) -> None:
-        self._open_call = open_call
-        self._delays = retry.delays()
-        self._deadline = deadline
-        self.request_id = request_id
-        """The ``x-request-id`` the call was sent with."""
-        self._state = InvertState(schema)
-        self._call: Any = open_call()
-        self._done = False
-        self._cancelled = False
-
-    @property
-    def summary(self) -> InvertSummary | None:
-        """How the search ended; ``None`` until the stream has been read to its end, or if cancelled."""
-        return self._state.summary
-
-    @property
-    def schema(self) -> FeatureSchema | None:
-        """The model's schema when the stream was opened with ``named=True``."""
-        return self._state.schema
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether :meth:`cancel` was called before the stream ended."""
-        return self._cancelled
-
-    def cancel(self) -> None:
-        """Cancel the call: the server stops searching within one step; iteration ends."""
-        if not self._done:
-            self._cancelled = True
-            self._done = True
-            self._state.clear()
-            self._call.cancel()
-
     def _pull(self) -> None:
-        """Read one message (retrying UNAVAILABLE only before the first one)."""
+        """Read one message (reopening on UNAVAILABLE only before the first one)."""
+        if self._call is None:
+            info = self._client.model(self._ref, timeout=self._deadline.remaining()) if self._named else None
+            self._start(info)
         try:
-            response = next(self._call)
-        except StopIteration:
-            self._done = True
-            self._state.finished()
-            return
+            response: inference_pb2.InvertResponse | None = next(self._call, None)
         except grpc.RpcError as exc:
             if self._cancelled:
                 return
-            if _retryable(exc) and self._state.received == 0:
-                delay = next(self._delays, None)
-                if delay is not None and self._deadline.allows(delay):
-                    time.sleep(delay)
-                    self._call = self._open_call()
-                    return
-            self._done = True
-            raise error_from_rpc(exc, request_id=self.request_id) from exc
-        self._state.accept(response)
+            delay = self._retry_delay(exc)
+            if delay is None:
+                raise self._failed(exc) from exc
+            time.sleep(delay)
+            self._open()
+            return
+        self._accept(response)
 
     def __iter__(self) -> Iterator[Pattern]:
         return self
@@ -137,7 +75,7 @@ class InvertStream:
         return self._state.pop_pattern()
 
     def batches(self) -> Iterator[PatternArrays]:
-        """Iterate the remaining patterns a streamed batch at a time, as arrays."""
+        """Iterate the remaining patterns a streamed message at a time, as arrays."""
         while True:
             while not self._state.buffered:
                 if self._done:
@@ -150,6 +88,11 @@ class InvertStream:
 
         Returns:
             ``(inputs n x d, outputs n x m, errors n x m)``, float32.
+
+        Example:
+            >>> X, Y, E = client.invert("difficulty", target=7.0, n=100).to_numpy()   # doctest: +SKIP
+            >>> X.shape, Y.shape
+            ((100, 10), (100, 1))
         """
         while not self._done:
             self._pull()
@@ -170,7 +113,7 @@ class InvertStream:
         self.cancel()
 
 
-class TrainRun:
+class TrainRun(TrainRunBase):
     """One Train call: iterate its events (progress, warnings, then the result).
 
     Example:
@@ -182,41 +125,23 @@ class TrainRun:
         'levels:1'
     """
 
-    def __init__(self, call: Any, requests: CapturingIterator[Any], request_id: str) -> None:
-        self._call = call
-        self._requests = requests
-        self.request_id = request_id
-        """The ``x-request-id`` the call was sent with."""
-        self.result: TrainResult | None = None
-        """The registered model and its metrics, once the run has finished."""
-        self._done = False
-        self._cancelled = False
-
     def __iter__(self) -> Iterator[TrainEvent]:
         return self
 
     def __next__(self) -> TrainEvent:
         while not self._done:
             try:
-                response = next(self._call)
-            except StopIteration:
-                self._done = True
-                if self.result is None and not self._cancelled:
-                    raise InternalError("the Train stream ended without a result") from None
-                break
+                response = next(self._call, None)
             except grpc.RpcError as exc:
-                self._done = True
                 if self._cancelled:
                     break
-                if self._requests.error is not None:
-                    raise self._requests.error from exc
-                raise error_from_rpc(exc, request_id=self.request_id) from exc
-            event = convert.train_event_from_proto(response)
-            if event is None:
-                continue
-            if isinstance(event, TrainResult):
-                self.result = event
-            return event
+                raise self._failed(exc) from exc
+            if response is None:
+                self._ended()
+                break
+            event = self._event(response)
+            if event is not None:
+                return event
         raise StopIteration
 
     def wait(self) -> TrainResult:
@@ -227,16 +152,7 @@ class TrainRun:
         """
         for _ in self:
             pass
-        if self.result is None:
-            raise CancelledError("the Train run was cancelled", request_id=self.request_id)
-        return self.result
-
-    def cancel(self) -> None:
-        """Cancel training: the server stops and registers nothing."""
-        if not self._done:
-            self._cancelled = True
-            self._done = True
-            self._call.cancel()
+        return self._final()
 
     def __enter__(self) -> TrainRun:
         return self
@@ -247,21 +163,25 @@ class TrainRun:
         self.cancel()
 
 
-class Client:
+class Client(ClientBase[InvertStream, TrainRun]):
     """Blocking client for a preimage server.
 
     Args:
         target: ``HOST:PORT`` of the server.
-        token: Bearer token sent as ``authorization`` metadata.
+        token: Bearer token, sent as ``authorization: Bearer <token>`` metadata.
         root_certificates: PEM CA bundle (bytes or path); turns TLS on.
         private_key: PEM client key for mutual TLS.
         certificate_chain: PEM client certificate for mutual TLS.
         tls: Force TLS on (system roots) or off.
         timeout: Default per-call deadline in seconds; ``None`` waits as long as it takes.
-        retry: Backoff for UNAVAILABLE on idempotent calls.
+        retry: Backoff for UNAVAILABLE on idempotent calls (list, get, predict, health, and
+            invert before its first message).
         chunk_size: Bytes per RegisterModel chunk.
         options: Extra gRPC channel options.
         metadata: Extra metadata for every call.
+
+    Every call also sends an ``x-request-id`` (a fresh one unless given), which
+    errors carry as ``.request_id`` and the server logs.
 
     Example:
         >>> from preimage.client import Client
@@ -271,67 +191,23 @@ class Client:
         ...     client.predict(info.ref, X)[:3]
     """
 
-    def __init__(
-        self,
-        target: str = "127.0.0.1:50051",
-        *,
-        token: str | None = None,
-        root_certificates: bytes | str | Path | None = None,
-        private_key: bytes | str | Path | None = None,
-        certificate_chain: bytes | str | Path | None = None,
-        tls: bool | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | None = None,
-        chunk_size: int = _requests.DEFAULT_CHUNK_SIZE,
-        options: Sequence[tuple[str, Any]] = (),
-        metadata: Sequence[tuple[str, str]] = (),
-    ) -> None:
-        self.config = ChannelConfig(
-            target=target,
-            token=token,
-            root_certificates=root_certificates,
-            private_key=private_key,
-            certificate_chain=certificate_chain,
-            tls=tls,
-            timeout=timeout,
-            retry=retry or RetryPolicy(),
-            options=tuple(options),
-            metadata=tuple(metadata),
-        )
-        self.chunk_size = chunk_size
-        self._channel = self.config.channel()
-        self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
-        self._inference = inference_pb2_grpc.InferenceServiceStub(self._channel)
-        self._health: Any = self._channel.unary_unary(
-            _wire.HEALTH_CHECK_METHOD,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=_wire.HealthCheckResponse.FromString,
-        )
+    def _open_channel(self) -> grpc.Channel:
+        return self.config.channel()
 
-    # -- plumbing -------------------------------------------------------------------------
-
-    def _unary(
-        self,
-        method: Callable[..., R],
-        request: Any,
-        *,
-        idempotent: bool,
-        timeout: float | None,
-        request_id: str | None,
-        **kwargs: Any,
-    ) -> R:
+    def _run(self, call: _requests.Unary[R], timeout: float | None, request_id: str | None = None) -> R:
+        """Make one unary call, retrying UNAVAILABLE with backoff when it is idempotent."""
         rid = request_id or _requests.new_request_id()
         metadata = self.config.call_metadata(rid)
         deadline = self.config.deadline(timeout)
-        delays = self.config.retry.delays() if idempotent else iter(())
-        captured = request if isinstance(request, CapturingIterator) else None
+        delays = self.config.retry.delays() if call.idempotent else iter(())
+        method = self._method(call)
         while True:
             try:
-                return method(request, timeout=deadline.remaining(), metadata=metadata, **kwargs)
+                return call.parse(method(call.request, timeout=deadline.remaining(), metadata=metadata))
             except grpc.RpcError as exc:
-                if captured is not None and captured.error is not None:
-                    raise captured.error from exc
-                if _retryable(exc):
+                if isinstance(call.request, CapturingIterator) and call.request.error is not None:
+                    raise call.request.error from exc
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
                     delay = next(delays, None)
                     if delay is not None and deadline.allows(delay):
                         time.sleep(delay)
@@ -359,14 +235,7 @@ class Client:
             >>> client.health()                    # doctest: +SKIP
             'SERVING'
         """
-        response = self._unary(
-            self._health,
-            _wire.HealthCheckRequest(service=service),
-            idempotent=True,
-            timeout=timeout,
-            request_id=None,
-        )
-        return _HEALTH_NAMES.get(int(response.status), "UNKNOWN")
+        return self._run(_requests.health_call(service), timeout)
 
     def wait_ready(self, timeout: float = 30.0, *, service: str = "") -> None:
         """Block until the server answers SERVING.
@@ -379,25 +248,24 @@ class Client:
             >>> Client("127.0.0.1:50051").wait_ready(timeout=10)      # doctest: +SKIP
         """
         deadline = Deadline(timeout)
+        call = _requests.health_call(service)
+        check = self._method(call)
         last = "no answer"
         while True:
-            left = deadline.remaining()
             try:
-                response = self._health(
-                    _wire.HealthCheckRequest(service=service),
-                    timeout=max(left or 0.0, 0.01),
+                response = check(
+                    call.request,
+                    timeout=max(deadline.remaining() or 0.0, 0.01),
                     metadata=self.config.call_metadata(_requests.new_request_id()),
                     wait_for_ready=True,
                 )
-                if int(response.status) == _SERVING:
+                last = call.parse(response)
+                if last == "SERVING":
                     return
-                last = _HEALTH_NAMES.get(int(response.status), "UNKNOWN")
             except grpc.RpcError as exc:
                 last = error_from_rpc(exc).message
             if not deadline.allows(0.05):
-                raise DeadlineExceededError(
-                    f"server {self.config.target} not serving after {timeout:g} s (last: {last})"
-                )
+                raise DeadlineExceededError(f"server {self.config.target} not serving after {timeout:g} s ({last})")
             time.sleep(0.05)
 
     # -- registry -------------------------------------------------------------------------
@@ -412,7 +280,9 @@ class Client:
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ModelInfo:
-        """Upload an ONNX model (streamed in chunks, so any size up to the server's limit).
+        """Upload an ONNX model, streamed in chunks, so any size up to the server's limit goes.
+
+        Never retried: a lost reply does not mean nothing was stored.
 
         Args:
             model: A path to an ``.onnx`` file, or its bytes.
@@ -437,15 +307,7 @@ class Client:
             'difficulty:1'
         """
         upload = Upload.of(model)
-        requests = CapturingIterator(
-            _requests.register_requests(
-                upload, name, convert.schema_argument(schema), bounds, self.chunk_size
-            )
-        )
-        response = self._unary(
-            self._registry.RegisterModel, requests, idempotent=False, timeout=timeout, request_id=request_id
-        )
-        return convert.model_info_from_proto(response.model)
+        return self._run(_requests.register_call(upload, name, schema, bounds, self.chunk_size), timeout, request_id)
 
     def models(
         self, name: str | None = None, all_versions: bool = False, *, timeout: float | None = None
@@ -456,11 +318,7 @@ class Client:
             >>> [m.ref for m in client.models()]          # doctest: +SKIP
             ['difficulty:2', 'levels:1']
         """
-        request = registry_pb2.ListModelsRequest(name=name or "", all_versions=all_versions)
-        response = self._unary(
-            self._registry.ListModels, request, idempotent=True, timeout=timeout, request_id=None
-        )
-        return [convert.model_info_from_proto(m) for m in response.models]
+        return self._run(_requests.list_call(name, all_versions), timeout)
 
     def model(self, ref: str, *, timeout: float | None = None) -> ModelInfo:
         """Describe one version: ``NAME`` (latest), ``NAME:VERSION`` or ``NAME@ALIAS``.
@@ -472,14 +330,7 @@ class Client:
             >>> client.model("difficulty@prod").version   # doctest: +SKIP
             3
         """
-        response = self._unary(
-            self._registry.GetModel,
-            registry_pb2.GetModelRequest(model_ref=ref),
-            idempotent=True,
-            timeout=timeout,
-            request_id=None,
-        )
-        return convert.model_info_from_proto(response.model)
+        return self._run(_requests.get_call(ref), timeout)
 
     def delete(self, ref: str, all_versions: bool = False, *, timeout: float | None = None) -> list[ModelInfo]:
         """Delete one version (``NAME:VERSION``, ``NAME@ALIAS``) or, with ``all_versions``, every version.
@@ -491,14 +342,7 @@ class Client:
             >>> [m.ref for m in client.delete("difficulty", all_versions=True)]   # doctest: +SKIP
             ['difficulty:1', 'difficulty:2']
         """
-        response = self._unary(
-            self._registry.DeleteModel,
-            registry_pb2.DeleteModelRequest(model_ref=ref, all_versions=all_versions),
-            idempotent=False,
-            timeout=timeout,
-            request_id=None,
-        )
-        return [convert.model_info_from_proto(m) for m in response.deleted]
+        return self._run(_requests.delete_call(ref, all_versions), timeout)
 
     def alias(self, name: str, alias: str, version: int, *, timeout: float | None = None) -> ModelInfo:
         """Point ``NAME@ALIAS`` at ``version``; returns that version.
@@ -507,14 +351,7 @@ class Client:
             >>> client.alias("difficulty", "prod", 2).aliases   # doctest: +SKIP
             ('prod',)
         """
-        response = self._unary(
-            self._registry.SetAlias,
-            registry_pb2.SetAliasRequest(name=name, alias=alias, version=version),
-            idempotent=False,
-            timeout=timeout,
-            request_id=None,
-        )
-        return convert.model_info_from_proto(response.model)
+        return self._run(_requests.alias_call(name, alias, version), timeout)
 
     def unalias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
         """Remove ``NAME@ALIAS``.
@@ -522,23 +359,12 @@ class Client:
         Example:
             >>> client.unalias("difficulty", "prod")      # doctest: +SKIP
         """
-        self._unary(
-            self._registry.DeleteAlias,
-            registry_pb2.DeleteAliasRequest(name=name, alias=alias),
-            idempotent=False,
-            timeout=timeout,
-            request_id=None,
-        )
+        self._run(_requests.unalias_call(name, alias), timeout)
 
     # -- inference ------------------------------------------------------------------------
 
     def predict(
-        self,
-        ref: str,
-        rows: Any,
-        *,
-        timeout: float | None = None,
-        request_id: str | None = None,
+        self, ref: str, rows: Any, *, timeout: float | None = None, request_id: str | None = None
     ) -> FloatArray:
         """Evaluate the model on rows.
 
@@ -546,8 +372,8 @@ class Client:
             ref: Model reference.
             rows: An ``n x d`` array of raw input columns (a 1-D array is one row), or
                 mappings by feature name with categorical levels by name (encoded with
-                the model's schema, fetched first).
-            timeout: Deadline in seconds for the whole call (large inputs go in several requests).
+                the model's schema, fetched first; the call is pinned to that version).
+            timeout: Deadline in seconds of each request (large inputs go in several).
             request_id: Request id to send.
 
         Returns:
@@ -558,8 +384,8 @@ class Client:
                 wrong width, NaN or infinity (from the server).
 
         Example:
-            >>> client.predict("difficulty", [[0.5] * 10])                       # doctest: +SKIP
-            array([[5.43]], dtype=float32)
+            >>> client.predict("difficulty", [[0.5] * 10]).shape                       # doctest: +SKIP
+            (1, 1)
             >>> client.predict("levels", [{"speed": 0.2, "theme": "lava"}])      # doctest: +SKIP
         """
         X, named = _requests.rows_argument(rows)
@@ -567,186 +393,18 @@ class Client:
             info = self.model(ref, timeout=timeout)
             ref, X = info.ref, info.schema.encode_rows(named)
         assert X is not None
-        outputs = []
-        for part in _requests.predict_slices(X):
-            request = inference_pb2.PredictRequest(model_ref=ref, inputs=convert.matrix_to_proto(part))
-            response = self._unary(
-                self._inference.Predict, request, idempotent=True, timeout=timeout, request_id=request_id
-            )
-            outputs.append(convert.matrix_from_proto(response.outputs))
-        return np.concatenate(outputs) if len(outputs) > 1 else outputs[0]
+        parts = [
+            self._run(_requests.predict_call(ref, part), timeout, request_id) for part in _requests.predict_slices(X)
+        ]
+        return _requests.stack(parts)
 
-    def invert(
-        self,
-        ref: str,
-        target: float | Sequence[float] | None = None,
-        n: int = 1,
-        *,
-        target_range: Sequence[float] | Sequence[Sequence[float]] | None = None,
-        tolerance: float | None = None,
-        seed: int | None = None,
-        bounds: tuple[float, float] | Mapping[str, tuple[float, float]] | None = None,
-        fixed: Mapping[str, FeatureValue] | None = None,
-        mode: InvertMode | str | None = None,
-        prior: Prior | str | None = None,
-        min_distance: float = 0.0,
-        in_distribution_weight: float = 0.0,
-        max_seconds: float | None = None,
-        max_passes: int | None = None,
-        batch_size: int = 0,
-        named: bool = False,
-        timeout: float | None = None,
-        request_id: str | None = None,
+    def _invert_stream(
+        self, ref: str, options: dict[str, Any], named: bool, deadline: Deadline, request_id: str
     ) -> InvertStream:
-        """Find ``n`` input patterns whose outputs hit a target, streamed as they are found.
+        return InvertStream(self, ref, options, named, deadline, request_id)
 
-        Args:
-            ref: Model reference.
-            target: One value per output (a bare number for one output); outputs must be
-                within ``tolerance`` of it.
-            n: Number of patterns wanted.
-            target_range: Instead of ``target``: ``(lo, hi)`` per output (a bare pair for one output).
-            tolerance: Allowed ``|f(x) - y|`` (server default 1e-3).
-            seed: Random seed; the same seed, request and model give the same stream.
-            bounds: ``(lo, hi)`` for every continuous/integer feature, or ``{feature: (lo, hi)}``
-                (the key ``""`` meaning every feature, applied first).
-            fixed: Features held at a value while the rest are solved for
-                (``{"speed": 0.5, "theme": "lava"}``).
-            mode: ``"optimize"`` (fast, clustered) or ``"sample"`` (draws from the prior
-                restricted to the preimage); ``None``: the server's default.
-            prior: ``"uniform"`` or ``"data"`` (the training distribution).
-            min_distance: Minimum Euclidean distance between returned patterns.
-            in_distribution_weight: Weight of the penalty keeping patterns near the training data.
-            max_seconds: Wall-clock budget (the server's cap applies too).
-            max_passes: Budget in batched model passes.
-            batch_size: Most patterns per streamed message (0: the server chooses).
-            named: Also give each pattern as ``{feature: value}`` (fetches the schema first).
-            timeout: Deadline in seconds for the whole stream; when it passes, the server
-                stops and iteration raises :class:`DeadlineExceededError`.
-            request_id: Request id to send.
-
-        Returns:
-            An :class:`InvertStream`.
-
-        Raises:
-            InvalidArgumentError: Bad arguments (from the client or the server, when iterating).
-            ModelNotFoundError: Unknown model (when iterating, or at once with ``named=True``).
-
-        Example:
-            >>> stream = client.invert("difficulty", target=7.0, n=20, seed=3, named=True)  # doctest: +SKIP
-            >>> next(iter(stream)).features["enemy_density"]
-            0.71
-        """
-        schema = None
-        if named:
-            info = self.model(ref, timeout=timeout)
-            ref, schema = info.ref, info.schema
-        request = _requests.invert_request(
-            ref,
-            target=target,
-            target_range=target_range,
-            n=n,
-            tolerance=tolerance,
-            seed=seed,
-            bounds=bounds,
-            fixed=fixed,
-            mode=mode,
-            prior=prior,
-            min_distance=min_distance,
-            in_distribution_weight=in_distribution_weight,
-            max_seconds=max_seconds,
-            max_passes=max_passes,
-            batch_size=batch_size,
-        )
-        rid = request_id or _requests.new_request_id()
-        metadata = self.config.call_metadata(rid)
-        deadline = self.config.deadline(timeout)
-
-        def open_call() -> Any:
-            return self._inference.Invert(request, timeout=deadline.remaining(), metadata=metadata)
-
-        return InvertStream(open_call, schema=schema, retry=self.config.retry, deadline=deadline, request_id=rid)
-
-    def train(
-        self,
-        data: Mapping[str, Any] | str | Path,
-        *,
-        name: str,
-        target: str | Sequence[str],
-        features: Sequence[str] | None = None,
-        categorical: Sequence[str] | None = None,
-        hidden: Sequence[int] | None = None,
-        activation: Activation | str | None = None,
-        epochs: int | None = None,
-        batch_size: int | None = None,
-        learning_rate: float | None = None,
-        weight_decay: float | None = None,
-        validation_fraction: float | None = None,
-        patience: int | None = None,
-        seed: int | None = None,
-        overrides: Mapping[str, Mapping[str, Any]] | None = None,
-        timeout: float | None = None,
-        request_id: str | None = None,
-    ) -> TrainRun:
-        """Fit a model on a table on the server, register it, and stream progress.
-
-        Args:
-            data: ``{column: values}`` (lists or 1-D arrays) or a CSV file with a header row.
-                Streamed in chunks of about 1 MiB, so tables of millions of rows go through.
-            name: Name to register the model under.
-            target: Target column(s).
-            features: Feature columns in model order (default: every non-target column).
-            categorical: Columns holding level strings, one-hot encoded by the server.
-            hidden: Hidden layer sizes (server default 64, 64).
-            activation: ``"relu"``, ``"tanh"``, ``"silu"`` or ``"gelu"``.
-            epochs: Maximum epochs.
-            batch_size: Mini-batch size.
-            learning_rate: Adam learning rate.
-            weight_decay: AdamW weight decay.
-            validation_fraction: Share of rows held out.
-            patience: Epochs without improvement before early stopping.
-            seed: Seed for split, initialization and shuffling (deterministic on one machine).
-            overrides: Overrides of the inferred schema by feature, e.g.
-                ``{"walls": {"kind": "integer", "min": 0, "max": 12}}``.
-            timeout: Deadline in seconds; when it passes, training stops and nothing is registered.
-            request_id: Request id to send.
-
-        Returns:
-            A :class:`TrainRun` yielding :class:`TrainProgress` / :class:`TrainWarning` events
-            and finally a :class:`TrainResult`.
-
-        Raises:
-            InvalidArgumentError: A bad table (when iterating; the message names the row and column).
-
-        Example:
-            >>> result = client.train({"x": xs, "y": ys}, name="toy", target="y", epochs=20).wait()  # doctest: +SKIP
-            >>> result.metrics[0].r2 > 0.9
-            True
-        """
-        requests = CapturingIterator(
-            _requests.train_requests(
-                data,
-                name=name,
-                target=target,
-                features=features,
-                categorical=categorical,
-                hidden=hidden,
-                activation=activation,
-                epochs=epochs,
-                batch_size=batch_size,
-                learning_rate=learning_rate,
-                weight_decay=weight_decay,
-                validation_fraction=validation_fraction,
-                patience=patience,
-                seed=seed,
-                overrides=overrides,
-            )
-        )
-        rid = request_id or _requests.new_request_id()
+    def _train_run(self, requests: CapturingIterator[Any], deadline: Deadline, request_id: str) -> TrainRun:
         call = self._inference.Train(
-            requests,
-            timeout=self.config.deadline(timeout).remaining(),
-            metadata=self.config.call_metadata(rid),
+            requests, timeout=deadline.remaining(), metadata=self.config.call_metadata(request_id)
         )
-        return TrainRun(call, requests, rid)
-
+        return TrainRun(call, requests, request_id)

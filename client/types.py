@@ -567,4 +567,3 @@ def _number(value: Any, where: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgumentError(f"{where} must be a number, got {value!r}", field=where)
     return float(value)
-
