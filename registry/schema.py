@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -285,16 +285,49 @@ class FeatureSchema:
             SchemaError: The total input width or the number of outputs differs from the model's,
                 naming both numbers.
         """
-        self.validated()
-        if self.input_width != input_width:
-            raise SchemaError(
-                f"the schema's inputs span {self.input_width} columns but the model takes {input_width} input columns"
-            )
+        self.check_input_width(input_width)
         if not self.outputs:
             return FeatureSchema(self.inputs, tuple(OutputFeature(f"y{i}") for i in range(output_width)))
         if len(self.outputs) != output_width:
             raise SchemaError(f"the schema names {len(self.outputs)} outputs but the model has {output_width} outputs")
         return self
+
+    def check_input_width(self, input_width: int) -> None:
+        """Validate the schema and check its inputs span ``input_width`` columns (the half of
+        :meth:`fit` that can run before the model's output width is known).
+
+        Raises:
+            SchemaError: Malformed, or the widths differ (naming both numbers).
+        """
+        self.validated()
+        if self.input_width != input_width:
+            raise SchemaError(
+                f"the schema's inputs span {self.input_width} columns but the model takes {input_width} input columns"
+            )
+
+    def with_default_bounds(self, lower: float, upper: float) -> FeatureSchema:
+        """A copy where every continuous or integer feature's missing ``min`` becomes ``lower`` and
+        missing ``max`` becomes ``upper`` (bounds the schema gives are kept).
+
+        Raises:
+            SchemaError: ``lower``/``upper`` are not finite or ``lower > upper`` (field ``default_bounds``),
+                or a filled-in feature ends up inconsistent (e.g. its own ``min`` above ``upper``).
+        """
+        if not (math.isfinite(lower) and math.isfinite(upper)):
+            raise SchemaError(f"default bounds must be finite, got [{lower}, {upper}]", field="default_bounds")
+        if lower > upper:
+            raise SchemaError(f"default lower bound {lower} is above upper bound {upper}", field="default_bounds")
+        inputs = tuple(
+            replace(
+                f,
+                min=float(lower) if f.min is None else f.min,
+                max=float(upper) if f.max is None else f.max,
+            )
+            if f.kind in (FeatureKind.CONTINUOUS, FeatureKind.INTEGER)
+            else f
+            for f in self.inputs
+        )
+        return FeatureSchema(inputs, self.outputs).validated()
 
     # -- layout -------------------------------------------------------------------------
 

@@ -1,0 +1,83 @@
+"""What the registry hands out: records of stored versions and loaded modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from preimage.registry.schema import DataStatistics, FeatureSchema
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LoadedModel", "ModelRecord", "ModelSource"]
+
+
+class ModelSource(str, Enum):
+    """How a stored model got into the registry."""
+
+    UPLOAD = "upload"
+    TRAIN = "train"
+    WATCH = "watch"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """Everything the registry knows about one stored model version.
+
+    Attributes:
+        name: Model name.
+        version: Version, counted per name from 1 and never reused.
+        aliases: Aliases pointing at this version, sorted.
+        sha256: Lower-case hex sha256 of the ONNX bytes.
+        size_bytes: Size of the ONNX bytes.
+        created_at: When the version was registered (aware, UTC).
+        input_width: Number of input columns ``d``.
+        output_width: Number of outputs ``m``.
+        schema: The feature schema (a default one when none was given).
+        statistics: Training-data statistics, when given.
+        source: How the model got here.
+        latest: Whether ``NAME`` alone resolves to this version.
+    """
+
+    name: str
+    version: int
+    aliases: tuple[str, ...]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    input_width: int
+    output_width: int
+    schema: FeatureSchema
+    statistics: DataStatistics | None
+    source: ModelSource
+    latest: bool
+
+    @property
+    def ref(self) -> str:
+        """``NAME:VERSION`` of this record."""
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A stored version together with its frozen torch module.
+
+    The module maps a float32 ``n x d`` tensor to an ``n x m`` tensor, is in eval
+    mode, and has no parameter that requires a gradient; gradients flow to its
+    input. It stays valid for as long as this object is held, even if the version
+    is deleted or evicted from the cache meanwhile.
+
+    Attributes:
+        record: The version.
+        module: The frozen module.
+        schema: ``record.schema``.
+        statistics: ``record.statistics``.
+    """
+
+    record: ModelRecord
+    module: torch.nn.Module
+    schema: FeatureSchema
+    statistics: DataStatistics | None
