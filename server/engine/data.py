@@ -505,7 +505,16 @@ def data_statistics(X: np.ndarray, quantile_levels: Sequence[float] = QUANTILE_L
         covariance += block.T @ block
     covariance /= max(n - 1, 1)
     levels = np.asarray(quantile_levels, dtype=np.float64)
-    quantiles = np.quantile(X, levels, axis=0).T.astype(np.float64)  # d x k
+    # One sort per column, then numpy's default ("linear") interpolation: several times
+    # faster than np.quantile's repeated partitions for a million rows.
+    ordered = np.sort(X.T, axis=1)  # d x n
+    position = levels * (n - 1)
+    below = np.floor(position).astype(np.int64)
+    above = np.minimum(below + 1, n - 1)
+    fraction = position - below
+    low, high = ordered[:, below].astype(np.float64), ordered[:, above].astype(np.float64)
+    quantiles = low + (high - low) * fraction  # d x k
+    del ordered
     return DataStatistics(
         rows=n,
         mean=tuple(float(v) for v in mean),
