@@ -17,6 +17,7 @@ __all__ = ["ChannelConfig", "Deadline", "RetryPolicy"]
 # Replies (Predict outputs, model lists, pattern batches) may be larger than
 # gRPC's 4 MiB default; requests are chunked by the client and need no raise.
 _MAX_RECEIVE_BYTES = 256 * 2**20
+_EXPIRED = 1e-6
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,12 @@ class Deadline:
         self._at = None if seconds is None else time.monotonic() + seconds
 
     def remaining(self) -> float | None:
-        """Seconds left (never negative), or ``None`` without a deadline."""
-        return None if self._at is None else max(self._at - time.monotonic(), 0.0)
+        """Seconds left, or ``None`` without a deadline.
+
+        Never below a microsecond: gRPC takes a timeout of 0 as *no* deadline, so
+        a deadline that has passed must still reach it as a tiny positive one.
+        """
+        return None if self._at is None else max(self._at - time.monotonic(), _EXPIRED)
 
     def allows(self, wait: float) -> bool:
         """Whether waiting ``wait`` seconds still leaves time for another attempt."""
