@@ -25,7 +25,7 @@ from preimage.registry.errors import (
     TensorTypeError,
     UnsupportedVersionError,
 )
-from preimage.registry.ops import ML_DOMAIN, find_unsupported, normalize_domains
+from preimage.registry.ops import ML_DOMAIN, convertible_model, normalize_domains
 
 __all__ = ["SCHEMA_METADATA_KEY", "Inspection", "inspect_model", "parse_model"]
 
@@ -42,6 +42,7 @@ class Inspection:
 
     Attributes:
         model: The parsed model, domains normalized (``"ai.onnx"`` spelled ``""``).
+        convertible: ``model``, or a down-converted copy, that onnx2torch can convert.
         input_name: Name of the single graph input.
         input_width: ``n`` of its ``[batch, n]`` shape.
         output_name: Name of the single graph output.
@@ -50,6 +51,7 @@ class Inspection:
     """
 
     model: onnx.ModelProto
+    convertible: onnx.ModelProto
     input_name: str
     input_width: int
     output_name: str
@@ -106,16 +108,16 @@ def inspect_model(data: bytes) -> Inspection:
     assert input_width is not None  # _check_value refuses an input without a fixed width
     declared_output_width = _check_value(graph.output[0], "output")
     _check_acyclic(graph, {inputs[0].name} | initializers)
-    problem = find_unsupported(model)
-    if problem is not None:
-        raise problem
+    convertible = convertible_model(model)
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ModelCheckerError(_first_line(str(exc))) from None
     _check_finite(model)
     metadata = next((p.value for p in model.metadata_props if p.key == SCHEMA_METADATA_KEY), None)
-    return Inspection(model, inputs[0].name, input_width, graph.output[0].name, declared_output_width, metadata)
+    return Inspection(
+        model, convertible, inputs[0].name, input_width, graph.output[0].name, declared_output_width, metadata
+    )
 
 
 def _check_versions(model: onnx.ModelProto) -> None:

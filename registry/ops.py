@@ -225,7 +225,20 @@ def _generate_node_name(node: onnx.NodeProto) -> str:
     return _onnx2torch_node_name(node).replace(".", "/")
 
 
+def _register_cast_versions() -> None:
+    # Cast-19 added "saturate" and Cast-24 "round_mode"; both only act on casts to 8-bit (and smaller)
+    # float types, which onnx2torch's Cast converter refuses anyway. For every type it converts, the
+    # newer versions mean exactly what Cast-13 means.
+    converter = _CONVERTER_REGISTRY.get(OperationDescription("", "Cast", 13))
+    if converter is None:
+        return
+    for schema in defs.get_all_schemas_with_history():
+        if schema.domain == "" and schema.name == "Cast" and schema.since_version > 13:
+            _register("", "Cast", schema.since_version, converter, "Cast-13 (saturate/round_mode: 8-bit floats only)")
+
+
 _register_type_only_versions()
+_register_cast_versions()
 _register_reshape_allowzero()
 _register("", "Gelu", 20, _convert_gelu, "Gelu-20 (opset 20) as torch.nn.functional.gelu")
 _register(ML_DOMAIN, "LinearRegressor", 1, _convert_linear_regressor, "scikit-learn linear models")

@@ -102,7 +102,7 @@ def prepare_model(
     fitted_inputs = resolve_schema(schema, inspection.metadata_schema, d, default_bounds)
     if statistics is not None:
         statistics = statistics.validated(d)
-    module = to_module(convertible_model(inspection.model))
+    module = to_module(inspection.convertible)
     X = sample_rows(fitted_inputs, max(2, parity_rows), np.random.default_rng(seed))
     m = check_parity(inspection.model, inspection.input_name, inspection.output_name, module, X)
     if inspection.declared_output_width is not None and inspection.declared_output_width != m:
