@@ -17,6 +17,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
 from preimage.server.engine.types import (
     BoundSpec,
+    FeatureOverride,
     FixedSpec,
     InvertMode,
     InvertSpec,
@@ -344,10 +345,13 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         where = f"config.feature_overrides[{i}]"
         if not feature.name:
             raise InvalidArgumentError(f"{where}: overrides are matched by name; name is empty", field=where)
+        if feature.kind not in _KIND_FROM_PROTO:
+            raise InvalidArgumentError(f"{where}: unknown feature kind {feature.kind}", field=where)
+        # An unset kind, bound or level list keeps what Train infers from the data.
         overrides.append(
-            InputFeature(
+            FeatureOverride(
                 name=feature.name,
-                kind=_KIND_FROM_PROTO.get(feature.kind, FeatureKind.CONTINUOUS),
+                kind=None if feature.kind == schema_pb2.FEATURE_KIND_UNSPECIFIED else _KIND_FROM_PROTO[feature.kind],
                 min=feature.min if feature.HasField("min") else None,
                 max=feature.max if feature.HasField("max") else None,
                 levels=tuple(feature.levels),

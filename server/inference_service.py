@@ -46,10 +46,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self.metrics = runtime.metrics
 
     async def _load(self, ref: str) -> Any:
+        """Resolve and load a model in a worker thread, counting cache hits."""
         if not ref:
             raise InvalidArgumentError("model_ref is empty; give NAME, NAME:VERSION or NAME@ALIAS", field="model_ref")
-        loaded = await self.runtime.run(self.runtime.registry().load, ref)
-        return loaded
+        registry = self.runtime.registry()
+
+        def load() -> Any:
+            record = registry.get(ref)
+            hit = record.sha256 in registry.cached()
+            loaded = registry.load(record)
+            self.metrics.model_loads.labels("hit" if hit else "miss").inc()
+            self.metrics.models_loaded.set(len(registry.cached()))
+            return loaded
+
+        return await self.runtime.run(load)
 
     @rpc("Predict", model_ref=lambda r: r.model_ref)
     async def Predict(  # type: ignore[override]

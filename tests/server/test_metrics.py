@@ -64,3 +64,6 @@ def test_metrics_endpoint(tmp_path: Path, example_model_bytes: bytes) -> None:
     assert delta("preimage_predict_rows_total") == 5
     assert after['preimage_in_flight_streams{rpc="Invert"}'] == 0
     assert after['preimage_models_registered_total{source="upload"}'] == 1
+    loads = delta('preimage_model_loads_total{result="hit"}') + delta('preimage_model_loads_total{result="miss"}')
+    assert loads == 2  # Predict and Invert each looked the model up once
+    assert after["preimage_models_loaded"] == 1

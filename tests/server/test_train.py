@@ -1,0 +1,143 @@
+"""Train through a real server: progress streamed, the model registered and invertible."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from preimage.server.app import RunningServer
+from preimage.v1 import inference_pb2, registry_pb2
+from tests.models import onnx_eval
+from tests.server.conftest import Stubs
+
+
+def true_difficulty(X: np.ndarray, theme: np.ndarray) -> np.ndarray:
+    bonus = np.select([theme == "lava", theme == "ice"], [1.5, 0.5], 0.0)
+    return 1.0 + 3.0 * X[:, 0] + 2.0 * X[:, 1] ** 2 + X[:, 2] * X[:, 3] + 0.5 * X[:, 4] + bonus
+
+
+def table(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.random((rows, 4))
+    walls = rng.integers(0, 6, rows).astype(float)
+    X = np.column_stack([X, walls / 5.0])
+    theme = rng.choice(["ice", "lava", "forest"], rows)
+    return X, walls, theme, true_difficulty(X, theme)
+
+
+def train_requests(
+    X: np.ndarray, walls: np.ndarray, theme: np.ndarray, y: np.ndarray, *, name: str, epochs: int, chunk: int = 500
+) -> Iterator[inference_pb2.TrainRequest]:
+    config = inference_pb2.TrainConfig(
+        name=name,
+        target_columns=["difficulty"],
+        categorical_columns=["theme"],
+        hidden_sizes=[32, 32],
+        epochs=epochs,
+        batch_size=128,
+        learning_rate=3e-3,
+        seed=3,
+        total_rows=len(y),
+    )
+    yield inference_pb2.TrainRequest(config=config)
+    for start in range(0, len(y), chunk):
+        part = slice(start, start + chunk)
+        columns = [inference_pb2.Column(name=f"f{j}", numbers=X[part, j].tolist()) for j in range(4)]
+        columns += [
+            inference_pb2.Column(name="walls", numbers=walls[part].tolist()),
+            inference_pb2.Column(name="theme", strings=theme[part].tolist()),
+            inference_pb2.Column(name="difficulty", numbers=y[part].tolist()),
+        ]
+        yield inference_pb2.TrainRequest(data=inference_pb2.TrainDataChunk(columns=columns))
+
+
+def blob(server: RunningServer, sha256: str) -> bytes:
+    return (server.server.settings.registry_dir / "blobs" / f"{sha256}.onnx").read_bytes()
+
+
+def test_train_then_invert(server: RunningServer, stubs: Stubs) -> None:
+    X, walls, theme, y = table(3000)
+    events = list(stubs.inference.Train(train_requests(X, walls, theme, y, name="levels", epochs=40), timeout=600))
+    progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
+    assert progress and progress[0].epoch == 1 and progress[-1].epoch <= 40
+    assert all(p.elapsed_seconds >= 0 and p.eta_seconds >= 0 for p in progress)
+    result = events[-1].result
+    model = result.model
+    assert (model.name, model.version, model.source) == ("levels", 1, registry_pb2.MODEL_SOURCE_TRAIN)
+    kinds = {f.name: f.kind for f in model.schema.inputs}
+    assert kinds["walls"] == 2 and kinds["theme"] == 4  # integer, categorical (one-hot, 3 columns)
+    assert model.input_width == 8 and model.HasField("statistics") and model.statistics.rows == 3000
+    assert result.metrics[0].output == "difficulty" and result.metrics[0].r2 > 0.95
+
+    # The registered ONNX takes raw values: check predictions on fresh rows with onnxruntime.
+    onnx_bytes = blob(server, model.sha256)
+    Xt, walls_t, theme_t, yt = table(500, seed=9)
+    levels = [f.levels for f in model.schema.inputs if f.name == "theme"][0]
+    one_hot = (theme_t[:, None] == np.asarray(levels)[None, :]).astype(np.float32)
+    raw = np.column_stack([Xt[:, :4], walls_t, one_hot]).astype(np.float32)
+    assert np.mean(np.abs(onnx_eval(onnx_bytes, raw)[:, 0] - yt)) < 0.15
+
+    # Invert the trained model at once; the TRUE function says the patterns hit the target.
+    responses = list(
+        stubs.inference.Invert(
+            inference_pb2.InvertRequest(
+                model_ref="levels", targets=[inference_pb2.Target(value=4.0)], count=200, seed=1, tolerance=1e-3
+            ),
+            timeout=120,
+        )
+    )
+    inputs = np.concatenate(
+        [
+            np.asarray(r.patterns.inputs.values).reshape(r.patterns.inputs.rows, -1)
+            for r in responses
+            if r.WhichOneof("event") == "patterns"
+        ]
+    )
+    assert len(inputs) == 200
+    assert np.all(np.abs(onnx_eval(onnx_bytes, inputs)[:, 0] - 4.0) <= 1e-3)
+    theme_of = np.asarray(levels)[inputs[:, 5:].argmax(axis=1)]
+    assert np.all(inputs[:, 5:].sum(axis=1) == 1) and np.all(inputs[:, 4] == np.round(inputs[:, 4]))
+    real = true_difficulty(np.column_stack([inputs[:, :4], inputs[:, 4] / 5.0]), theme_of)
+    assert np.mean(np.abs(real - 4.0) <= 0.5) >= 0.95
+
+
+def test_bad_data_names_row_and_column(stubs: Stubs) -> None:
+    X, walls, theme, y = table(100)
+    y[41] = np.nan
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stubs.inference.Train(train_requests(X, walls, theme, y, name="bad", epochs=5), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "42" in caught.value.details() and "difficulty" in caught.value.details()
+    assert list(stubs.registry.ListModels(registry_pb2.ListModelsRequest()).models) == []
+
+
+def test_bad_model_name_is_refused_before_training(stubs: Stubs) -> None:
+    X, walls, theme, y = table(100)
+    with pytest.raises(grpc.RpcError) as caught:
+        list(stubs.inference.Train(train_requests(X, walls, theme, y, name="Bad Name", epochs=5), timeout=60))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Bad Name" in caught.value.details()
+
+
+def test_cancel_training_registers_nothing(server: RunningServer, stubs: Stubs) -> None:
+    X, walls, theme, y = table(20000)
+    stream = stubs.inference.Train(train_requests(X, walls, theme, y, name="slow", epochs=500), timeout=600)
+    first = next(stream)
+    assert first.WhichOneof("event") in ("progress", "warning")
+    stream.cancel()
+    deadline = time.monotonic() + 30
+    while server.server.metrics.training_running._value.get() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.server.metrics.training_running._value.get() == 0
+    assert list(stubs.registry.ListModels(registry_pb2.ListModelsRequest()).models) == []
+    # Training stopped: the process is (nearly) idle afterwards.
+    cpu = time.process_time()
+    time.sleep(1.0)
+    assert time.process_time() - cpu < 0.5
+    assert threading.active_count() < 100
