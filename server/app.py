@@ -24,14 +24,14 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from preimage.errors import PreimageError
 from preimage.server.auth import TokenAuthInterceptor
 from preimage.server.inference_service import InferenceServicer
 from preimage.server.metrics import Metrics
 from preimage.server.registry_service import RegistryServicer
 from preimage.server.runtime import Runtime
 from preimage.server.settings import Settings
-
-from preimage.errors import PreimageError
 from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 __all__ = ["SERVICE_NAMES", "PreimageServer", "RunningServer", "run", "start_server"]

@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+
+from preimage.errors import PreimageError
 from preimage.server.logs import ACCESS_LOGGER
 from preimage.server.metrics import Metrics
 from preimage.server.status import status_for
-
-from preimage.errors import PreimageError
 
 __all__ = ["REQUEST_ID_KEY", "Call", "rpc"]
 

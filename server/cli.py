@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from preimage.server.settings import Settings, default_registry_dir
 from pydantic import ValidationError
+
+from preimage.server.settings import Settings, default_registry_dir
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 

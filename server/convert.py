@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from preimage.errors import InvalidArgumentError
 from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
 from preimage.server.engine.types import (
     BoundSpec,
@@ -31,8 +33,6 @@ from preimage.server.engine.types import (
     TrainSpec,
     TrainWarning,
 )
-
-from preimage.errors import InvalidArgumentError
 from preimage.v1 import inference_pb2, registry_pb2, schema_pb2, tensor_pb2
 
 __all__ = [

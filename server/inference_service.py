@@ -15,6 +15,8 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
+
+from preimage.errors import InvalidArgumentError, ResourceExhaustedError
 from preimage.server.calls import Call, rpc
 from preimage.server.convert import (
     columns_from_chunk,
@@ -28,8 +30,6 @@ from preimage.server.convert import (
     train_result_to_proto,
 )
 from preimage.server.runtime import Runtime
-
-from preimage.errors import InvalidArgumentError, ResourceExhaustedError
 from preimage.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
 
 __all__ = ["InferenceServicer"]

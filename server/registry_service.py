@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
+from preimage.errors import InvalidArgumentError
 from preimage.server.calls import Call, rpc
 from preimage.server.convert import model_info_to_proto, schema_from_proto, statistics_from_proto
 from preimage.server.runtime import Runtime
-
-from preimage.errors import InvalidArgumentError
 from preimage.v1 import registry_pb2, registry_pb2_grpc
 
 __all__ = ["RegistryServicer"]

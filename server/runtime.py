@@ -9,10 +9,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from preimage.errors import ResourceExhaustedError, UnavailableError
 from preimage.server.metrics import Metrics
 from preimage.server.settings import Settings
-
-from preimage.errors import ResourceExhaustedError, UnavailableError
 
 if TYPE_CHECKING:
     from preimage.registry import Registry

@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
+
 from preimage.server.app import RunningServer, start_server
 from preimage.server.settings import Settings
-
 from preimage.v1 import inference_pb2_grpc, registry_pb2, registry_pb2_grpc, schema_pb2
 
 CHUNK = 1 << 20

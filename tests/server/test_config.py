@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from preimage.server.cli import settings_from_args
 from preimage.server.settings import Settings
 

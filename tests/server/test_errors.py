@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from preimage.server.app import start_server
 from preimage.server.settings import Settings
-
 from preimage.v1 import inference_pb2, registry_pb2, tensor_pb2
 from tests.models import linear_onnx, onnx_eval
 from tests.server.conftest import Stubs, connect, register, upload_requests

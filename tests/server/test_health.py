@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import preimage.server.app as app_module
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import preimage.server.app as app_module
+from preimage.errors import UnavailableError
 from preimage.registry import Registry
 from preimage.server.app import SERVICE_NAMES, RunningServer, start_server
 from preimage.server.settings import Settings
-
-from preimage.errors import UnavailableError
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -10,9 +10,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from preimage.server.app import RunningServer, start_server
 from preimage.server.settings import Settings
-
 from preimage.v1 import inference_pb2
 from tests.server.conftest import Stubs, connect, register
 

@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from preimage.server.app import start_server
 from preimage.server.settings import Settings
-
 from preimage.v1 import inference_pb2, registry_pb2
 from tests.server.conftest import connect, register
 from tests.server.test_end_to_end import to_matrix

@@ -9,9 +9,9 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
+
 from preimage.server.app import start_server
 from preimage.server.settings import Settings
-
 from preimage.v1 import inference_pb2, registry_pb2
 from tests.models import linear_onnx
 from tests.server.conftest import connect, upload_requests

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -78,7 +77,7 @@ def test_train_then_invert(server: RunningServer, stubs: Stubs) -> None:
     # The registered ONNX takes raw values: check predictions on fresh rows with onnxruntime.
     onnx_bytes = blob(server, model.sha256)
     Xt, walls_t, theme_t, yt = table(500, seed=9)
-    levels = [f.levels for f in model.schema.inputs if f.name == "theme"][0]
+    levels = next(f.levels for f in model.schema.inputs if f.name == "theme")
     one_hot = (theme_t[:, None] == np.asarray(levels)[None, :]).astype(np.float32)
     raw = np.column_stack([Xt[:, :4], walls_t, one_hot]).astype(np.float32)
     assert np.mean(np.abs(onnx_eval(onnx_bytes, raw)[:, 0] - yt)) < 0.15
