@@ -380,7 +380,6 @@ class Registry:
         log.info("converting %s (cold load)", record.ref)
         return reload_module(data, record.schema, record.output_width)
 
-    @property
     def cached(self) -> builtins.list[str]:
-        """sha256 of the modules in the cache, least recently used first."""
+        """sha256 of the modules in the cache, least recently used first (for metrics and tests)."""
         return self._cache.keys()

@@ -100,10 +100,10 @@ def test_cache_is_bounded_and_keyed_by_content(tmp_path: Path) -> None:
     registry = Registry.open(tmp_path / "r", cache_size=2, parity_rows=4)
     try:
         records = [registry.register_bytes(f"m{i}", _data(seed=i)) for i in range(3)]
-        assert registry.cached == [records[1].sha256, records[2].sha256]  # m0 evicted
+        assert registry.cached() == [records[1].sha256, records[2].sha256]  # m0 evicted
         registry.load("m1")
         registry.load("m0")  # cold: converted again, evicting the least recently used (m2)
-        assert registry.cached == [records[1].sha256, records[0].sha256]
+        assert registry.cached() == [records[1].sha256, records[0].sha256]
         same = registry.register_bytes("alias-of-m0", _data(seed=0))
         assert registry.load(same.ref).module is registry.load("m0").module
     finally:
@@ -119,9 +119,9 @@ def test_cold_load_after_reopen_converts_and_matches(tmp_path: Path) -> None:
         first.get("m")
     reopened = Registry.open(tmp_path / "r")
     try:
-        assert reopened.cached == []
+        assert reopened.cached() == []
         loaded = reopened.load("m")
-        assert reopened.cached == [loaded.record.sha256]
+        assert reopened.cached() == [loaded.record.sha256]
         assert not loaded.module.training
         assert all(not p.requires_grad for p in loaded.module.parameters())
         X = torch.rand(5, 4, requires_grad=True)

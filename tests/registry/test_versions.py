@@ -180,7 +180,7 @@ def test_a_loaded_module_outlives_its_deletion(registry: Registry) -> None:
     loaded = registry.load("a:1")
     registry.delete("a:1")
     assert list((registry.root / "blobs").iterdir()) == []
-    assert registry.cached == []
+    assert registry.cached() == []
     X = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     with torch.no_grad():
         np.testing.assert_allclose(loaded.module(torch.from_numpy(X)).numpy(), onnx_eval(data, X), atol=1e-5)
