@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 import torch
-from preimage.server.app import start_server
-from preimage.server.settings import Settings
 from torch import nn
 
+from preimage.server.app import start_server
+from preimage.server.settings import Settings
 from preimage.v1 import inference_pb2, inference_pb2_grpc
 
 

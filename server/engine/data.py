@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
-from preimage.server.engine.types import FeatureOverride, TrainSpec, TrainWarning
 
 from preimage.errors import InvalidArgumentError
+from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
+from preimage.server.engine.types import FeatureOverride, TrainSpec, TrainWarning
 
 __all__ = [
     "DEFAULT_MIN_ROWS",
@@ -589,12 +589,13 @@ def _to_array(cells: ColumnData) -> np.ndarray:
         if cells.dtype.kind in "biuf":
             return cells.astype(np.float64, copy=False)
         return cells.astype(object)
-    array = np.asarray(cells)
-    if array.dtype.kind in "biuf":
-        return array.astype(np.float64, copy=False)
-    # A numpy string array would also do, but would stringify numbers mixed in with text.
+    # Text columns (the common non-numeric case) skip numpy's fixed-width string conversion.
+    if not all(isinstance(cell, str) for cell in cells):
+        array = np.asarray(cells)
+        if array.dtype.kind in "biuf":
+            return array.astype(np.float64, copy=False)
     out = np.empty(len(cells), dtype=object)
-    out[:] = list(cells)
+    out[:] = cells
     return out
 
 
@@ -650,7 +651,7 @@ def _encode_levels(cells: np.ndarray, lookup: dict[str, int]) -> tuple[np.ndarra
     codes = np.empty(len(cells), dtype=np.int32)
     for i, cell in enumerate(cells):
         if isinstance(cell, str):
-            level = cell
+            level = cell if type(cell) is str else str(cell)  # np.str_ cells name plain-str levels
         else:
             number = _cell_number(cell)
             if number is None or not np.isfinite(number):

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
+
 from preimage.registry.schema import FeatureSchema
 
 __all__ = ["INPUT_NAME", "OPSET", "OUTPUT_NAME", "SCHEMA_METADATA_KEY", "ExportError", "export_onnx"]

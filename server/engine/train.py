@@ -33,12 +33,12 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from preimage.server.engine.data import Table, data_statistics, encode, infer_schema
-from preimage.server.engine.export import export_onnx
-from preimage.server.engine.types import OutputMetrics, TrainedModel, TrainProgress, TrainSpec, TrainWarning
 from torch import nn
 
 from preimage.errors import CancelledError, DeadlineExceededError, InvalidArgumentError
+from preimage.server.engine.data import Table, data_statistics, encode, infer_schema
+from preimage.server.engine.export import export_onnx
+from preimage.server.engine.types import OutputMetrics, TrainedModel, TrainProgress, TrainSpec, TrainWarning
 
 __all__ = ["ACTIVATIONS", "Rescale", "Standardize", "build_mlp", "split_indices", "train", "validate_train_spec"]
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from preimage.errors import InvalidArgumentError
 from preimage.registry.schema import FeatureKind, InputFeature
 from preimage.server.engine.data import (
     QUANTILE_LEVELS,
@@ -24,8 +26,6 @@ from preimage.server.engine.data import (
     infer_schema,
 )
 from preimage.server.engine.types import FeatureOverride, TrainSpec
-
-from preimage.errors import InvalidArgumentError
 
 Columns = Mapping[str, Any]
 
@@ -292,6 +292,7 @@ def test_schema_inference_on_mixed_columns() -> None:
     assert (walls.kind, walls.min, walls.max) == (FeatureKind.INTEGER, columns["walls"].min(), columns["walls"].max())
     assert (boss.kind, boss.min, boss.max) == (FeatureKind.BINARY, None, None)
     assert (theme.kind, theme.levels) == (FeatureKind.CATEGORICAL, ("forest", "ice", "lava"))
+    assert all(type(level) is str for level in theme.levels)  # numpy string cells become plain str
     assert [o.name for o in schema.outputs] == ["difficulty"]
     assert schema.input_width == 6
 
