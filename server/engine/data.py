@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -64,8 +64,8 @@ QUANTILE_LEVELS: tuple[float, ...] = (
 _GROWTH = 1.5  # buffer growth factor: amortized appends without doubling peak memory
 _BLOCK_ROWS = 65536  # rows per block when accumulating the covariance in float64
 
-Override = InputFeature | FeatureOverride
-ColumnData = np.ndarray | Sequence[Any]
+Override: TypeAlias = InputFeature | FeatureOverride
+ColumnData: TypeAlias = np.ndarray | Sequence[Any]
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ pinned torch), and a warning is logged when it is used.
 
 from __future__ import annotations
 
-import io
 import logging
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -123,18 +124,19 @@ def _export_dynamo(module: torch.nn.Module, X: torch.Tensor) -> onnx.ModelProto:
 
 
 def _export_legacy(module: torch.nn.Module, X: torch.Tensor) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    torch.onnx.export(
-        module,
-        (X,),
-        buffer,
-        dynamo=False,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=OPSET,
-    )
-    return onnx.load_from_string(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="preimage-export-") as folder:
+        path = Path(folder) / "model.onnx"
+        torch.onnx.export(
+            module,
+            (X,),
+            path,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+        )
+        return onnx.load(path)
 
 
 def _check_signature(model: onnx.ModelProto, width: int) -> None:
@@ -149,9 +151,9 @@ def _check_signature(model: onnx.ModelProto, width: int) -> None:
             raise ExportError(f"{value.name!r} is not a float32 [batch, n] tensor with a dynamic batch")
         if expected_width is not None and dims[1].dim_value != expected_width:
             raise ExportError(f"input width {dims[1].dim_value}, expected {expected_width}")
-    for tensor in graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            raise ExportError(f"initializer {tensor.name!r} is stored outside the model")
+    for initializer in graph.initializer:
+        if initializer.data_location == onnx.TensorProto.EXTERNAL:
+            raise ExportError(f"initializer {initializer.name!r} is stored outside the model")
 
 
 def _check_agrees(data: bytes, module: torch.nn.Module, X: torch.Tensor, *, rtol: float, atol: float) -> None:

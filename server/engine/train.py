@@ -54,6 +54,9 @@ _EXAMPLE_ROWS = 64  # rows used to trace and check the export
 class _ColumnAffine(nn.Module):
     """Holds per-column ``mean`` and ``scale`` buffers (saved in state dicts and exported as constants)."""
 
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mean", mean)
