@@ -16,6 +16,7 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 from onnx2torch import convert
+
 from preimage.registry.errors import (
     BatchError,
     ConversionError,

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, defs, helper, numpy_helper
+
 from preimage.registry.errors import (
     ExternalDataError,
     GraphCycleError,

@@ -38,8 +38,9 @@ from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDe
 from onnx2torch.onnx_graph import OnnxGraph
 from onnx2torch.onnx_node import OnnxNode
 from onnx2torch.utils.common import OnnxToTorchModule, OperationConverterResult, onnx_mapping_from_node
-from preimage.registry.errors import UnsupportedOperatorError
 from torch import nn
+
+from preimage.registry.errors import UnsupportedOperatorError
 
 __all__ = [
     "DOWNGRADE_OPSET",

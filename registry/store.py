@@ -24,6 +24,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+from preimage.errors import InvalidArgumentError
 from preimage.registry.blobs import BlobStore
 from preimage.registry.cache import ModuleCache
 from preimage.registry.errors import (
@@ -38,8 +40,6 @@ from preimage.registry.refs import ModelRef, check_alias, check_name
 from preimage.registry.schema import DataStatistics, FeatureSchema
 from preimage.registry.upload import Upload
 from preimage.registry.validate import prepare_model, reload_module
-
-from preimage.errors import InvalidArgumentError
 
 __all__ = ["MAX_PROTOBUF_BYTES", "Registry"]
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
+from preimage.errors import InvalidArgumentError
 from preimage.registry.errors import ChecksumMismatchError, ModelTooLargeError, SizeMismatchError
 from preimage.registry.records import ModelRecord, ModelSource
 from preimage.registry.schema import DataStatistics, FeatureSchema
-
-from preimage.errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from preimage.registry.index import WatchedFile

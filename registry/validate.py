@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import torch
+
 from preimage.registry.convert import check_gradient, check_parity, quick_check, sample_rows, to_module
 from preimage.registry.inspect import inspect_model, parse_model
 from preimage.registry.ops import convertible_model

@@ -24,6 +24,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from preimage.errors import PreimageError
 from preimage.registry.errors import ModelTooLargeError
 from preimage.registry.index import WatchedFile
 from preimage.registry.records import ModelRecord, ModelSource
@@ -31,8 +32,6 @@ from preimage.registry.refs import check_name
 from preimage.registry.schema import FeatureSchema
 from preimage.registry.store import Registry
 from preimage.registry.upload import Upload
-
-from preimage.errors import PreimageError
 
 __all__ = ["SCHEMA_FILE", "FolderWatcher", "ScanResult"]
 

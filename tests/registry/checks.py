@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from preimage.registry import Registry
 
+from preimage.registry import Registry
 from tests.models import onnx_eval
 
 

@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from preimage.registry import ModelNotFoundError, Registry
-
 from tests.registry.builders import gemm
 
 REPO = Path(__file__).resolve().parents[2]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from preimage.registry import Registry
 from preimage.registry.hooks import MARKER
-
 from tests.registry.builders import big_mlp, gemm
 from tests.registry.checks import assert_matches_onnxruntime
 

@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
+
 from preimage.registry import (
     BatchError,
     ModelCheckerError,
     Registry,
     UnsupportedOperatorError,
 )
-from torch import nn
-
 from tests.registry.checks import assert_matches_onnxruntime
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import defs, helper, numpy_helper
+
 from preimage.registry import ConversionError, Registry, UnsupportedOperatorError
 from preimage.registry.ops import added_converters
-
 from tests.registry.builders import model, value
 from tests.registry.checks import assert_matches_onnxruntime
 

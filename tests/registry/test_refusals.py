@@ -11,6 +11,8 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+
+from preimage.errors import InvalidArgumentError, ResourceExhaustedError
 from preimage.registry import (
     BatchError,
     ExternalDataError,
@@ -30,14 +32,20 @@ from preimage.registry import (
     UnsupportedVersionError,
 )
 from preimage.registry import validate as validate_module
-
-from preimage.errors import InvalidArgumentError, ResourceExhaustedError
 from tests.registry.builders import OPSET, gemm, model, unary, value
 from tests.registry.checks import assert_empty, assert_matches_onnxruntime
 
 
 def _bytes(proto: onnx.ModelProto) -> bytes:
     return proto.SerializeToString()
+
+
+def _external(tensor: onnx.TensorProto, location: str) -> onnx.TensorProto:
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    return tensor
 
 
 def _truncated() -> bytes:
@@ -224,11 +232,7 @@ def test_external_data_is_refused_without_opening_the_file(registry: Registry, t
     sys.addaudithook(audit)  # hooks cannot be removed; this one only records opens of weights.bin
     for location in (str(secret), "weights.bin", "../weights.bin"):
         proto = gemm()
-        weight = proto.graph.initializer[0]
-        weight.ClearField("raw_data")
-        weight.ClearField("float_data")
-        weight.data_location = TensorProto.EXTERNAL
-        weight.external_data.add(key="location", value=location)
+        _external(proto.graph.initializer[0], location)
         with pytest.raises(ExternalDataError, match=r"tensor 'W' is stored as external data"):
             registry.register_bytes("m", _bytes(proto))
     assert opened == []
@@ -236,10 +240,7 @@ def test_external_data_is_refused_without_opening_the_file(registry: Registry, t
 
 
 def test_external_data_in_a_constant_node_is_refused(registry: Registry) -> None:
-    const = numpy_helper.from_array(np.ones(3, np.float32), "c")
-    const.ClearField("raw_data")
-    const.data_location = TensorProto.EXTERNAL
-    const.external_data.add(key="location", value="/etc/hostname")
+    const = _external(numpy_helper.from_array(np.ones(3, np.float32), "c"), "/etc/hostname")
     nodes = [helper.make_node("Constant", [], ["c"], value=const, name="k"), helper.make_node("Add", ["x", "c"], ["y"])]
     with pytest.raises(ExternalDataError, match="'/etc/hostname'"):
         registry.register_bytes("m", _bytes(model(nodes, [value("x", ["batch", 3])], [value("y", ["batch", 3])])))
@@ -273,3 +274,33 @@ def test_the_longest_name_is_accepted(registry: Registry) -> None:
     name = "a" + "b._-9" * 12 + "xyz"
     assert len(name) == 64
     assert registry.register_bytes(name, _bytes(gemm())).name == name
+
+
+def test_external_data_in_a_sparse_initializer_is_refused(registry: Registry) -> None:
+    proto = gemm()
+    values = _external(numpy_helper.from_array(np.ones(2, np.float32), "W"), "sparse.bin")
+    indices = numpy_helper.from_array(np.array([0, 2], np.int64), "W_indices")
+    del proto.graph.initializer[0]
+    proto.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [1, 3]))
+    with pytest.raises(ExternalDataError, match=r"tensor 'W' is stored as external data \('sparse.bin'\)"):
+        registry.register_bytes("m", _bytes(proto))
+    assert_empty(registry)
+
+
+def test_external_data_inside_a_subgraph_is_refused(registry: Registry) -> None:
+    def branch(name: str, location: str | None) -> onnx.GraphProto:
+        tensor = numpy_helper.from_array(np.ones(3, np.float32), f"{name}_value")
+        if location is not None:
+            _external(tensor, location)
+        node = helper.make_node("Constant", [], [f"{name}_out"], value=tensor, name=f"{name}_const")
+        return helper.make_graph([node], name, [], [value(f"{name}_out", [3])])
+
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    nodes = [
+        helper.make_node("If", ["cond"], ["c"], then_branch=branch("then", None), else_branch=branch("else", "x.bin")),
+        helper.make_node("Add", ["x", "c"], ["y"]),
+    ]
+    proto = model(nodes, [value("x", ["batch", 3])], [value("y", ["batch", 3])], [cond])
+    with pytest.raises(ExternalDataError, match=r"tensor 'else_const.value' is stored as external data \('x.bin'\)"):
+        registry.register_bytes("m", _bytes(proto))
+    assert_empty(registry)

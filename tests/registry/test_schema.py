@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from preimage.registry import (
     DataStatistics,
     FeatureKind,
@@ -16,7 +17,6 @@ from preimage.registry import (
     SchemaError,
 )
 from preimage.registry.convert import sample_rows
-
 from tests.registry.builders import gemm
 
 SCHEMA = {

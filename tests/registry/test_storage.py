@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from preimage.errors import InvalidArgumentError, UnavailableError
 from preimage.registry import (
     ChecksumMismatchError,
     ModelIntegrityError,
@@ -19,8 +21,6 @@ from preimage.registry import (
     RegistryUnavailableError,
     SizeMismatchError,
 )
-
-from preimage.errors import InvalidArgumentError, UnavailableError
 from tests.registry.builders import gemm
 from tests.registry.checks import assert_empty, assert_matches_onnxruntime
 

@@ -7,6 +7,8 @@ from datetime import timezone
 import numpy as np
 import pytest
 import torch
+
+from preimage.errors import InvalidArgumentError, NotFoundError
 from preimage.registry import (
     InvalidAliasError,
     InvalidModelRefError,
@@ -15,8 +17,6 @@ from preimage.registry import (
     ModelSource,
     Registry,
 )
-
-from preimage.errors import InvalidArgumentError, NotFoundError
 from tests.models import onnx_eval
 from tests.registry.builders import gemm
 

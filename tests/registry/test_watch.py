@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from preimage.registry import ModelSource, Registry
 from preimage.registry.watch import FolderWatcher
-
 from tests.registry.builders import gemm
 from tests.registry.checks import assert_matches_onnxruntime
 
