@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Generic, TypeVar
 
 import grpc
+
 from preimage.client import _requests, _wire, convert
 from preimage.client._channel import ChannelConfig, Deadline, RetryPolicy
 from preimage.client._requests import CapturingIterator, InvertState
@@ -30,7 +31,6 @@ from preimage.client.types import (
     TrainEvent,
     TrainResult,
 )
-
 from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2_grpc
 
 __all__ = ["ClientBase", "InvertStreamBase", "TrainRunBase"]

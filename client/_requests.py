@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
+
 from preimage.client import _wire, convert
 from preimage.client.errors import InternalError, InvalidArgumentError
 from preimage.client.table import DEFAULT_CHUNK_BYTES, Table, csv_table, mapping_table
@@ -30,7 +31,6 @@ from preimage.client.types import (
     Pattern,
     Prior,
 )
-
 from preimage.v1 import inference_pb2, registry_pb2, schema_pb2
 
 __all__ = [

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+
 from preimage.client import _requests
 from preimage.client._base import ClientBase, InvertStreamBase, TrainRunBase
 from preimage.client._channel import Deadline

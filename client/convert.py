@@ -11,6 +11,7 @@ from datetime import timezone
 from typing import Any
 
 import numpy as np
+
 from preimage.client.errors import InvalidArgumentError
 from preimage.client.types import (
     Activation,
@@ -33,7 +34,6 @@ from preimage.client.types import (
     TrainResult,
     TrainWarning,
 )
-
 from preimage.v1 import inference_pb2, registry_pb2, schema_pb2, tensor_pb2
 
 __all__ = [

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import grpc
+
 from preimage.client import _wire
 
 __all__ = [

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
+
 from preimage.client import _requests
 from preimage.client._base import ClientBase, InvertStreamBase, TrainRunBase
 from preimage.client._channel import Deadline
@@ -23,7 +24,6 @@ from preimage.client.types import (
     TrainEvent,
     TrainResult,
 )
-
 from preimage.v1 import inference_pb2
 
 __all__ = ["Client", "InvertStream", "TrainRun"]

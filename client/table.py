@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from preimage.client.errors import InvalidArgumentError
 
+from preimage.client.errors import InvalidArgumentError
 from preimage.v1 import inference_pb2
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "Table", "csv_table", "mapping_table"]

@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
+
 from preimage.client.errors import InvalidArgumentError
 
 __all__ = [

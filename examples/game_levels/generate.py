@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from preimage.client import Client, FeatureValue, TrainProgress, UnimplementedError
 
 HERE = Path(__file__).resolve().parent

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from preimage.client import Client, RetryPolicy
 
+from preimage.client import Client, RetryPolicy
 from tests.models import EXAMPLE_MODEL
 
 _names = itertools.count()

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from preimage.client import (
     AsyncClient,
     CancelledError,
@@ -16,7 +17,6 @@ from preimage.client import (
     TrainProgress,
     TrainResult,
 )
-
 from tests.models import EXAMPLE_MODEL, onnx_eval
 
 TOL, SLACK = 1e-3, 1e-4

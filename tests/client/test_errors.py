@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+
 from preimage.client import (
     CancelledError,
     Client,
@@ -33,7 +34,6 @@ from preimage.client import (
     UnimplementedError,
 )
 from preimage.client.errors import error_from_rpc
-
 from tests.client.fakes import FakeServer, Script, bad_request, retry_info, status_details
 from tests.models import EXAMPLE_MODEL
 

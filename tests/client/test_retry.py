@@ -11,6 +11,7 @@ from collections import Counter
 import grpc
 import numpy as np
 import pytest
+
 from preimage.client import (
     AsyncClient,
     Client,
@@ -18,7 +19,6 @@ from preimage.client import (
     RetryPolicy,
     UnavailableError,
 )
-
 from tests.client.fakes import FakeServer, Script
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.02, jitter=0.0)

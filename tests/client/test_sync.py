@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from preimage.client import (
     CancelledError,
     Client,
@@ -23,7 +24,6 @@ from preimage.client import (
     TrainProgress,
     TrainResult,
 )
-
 from tests.client.schemas import MIXED_SCHEMA
 from tests.models import EXAMPLE_MODEL, linear_onnx, mlp_onnx, onnx_eval
 

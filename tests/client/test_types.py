@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from preimage.client import FeatureKind, FeatureSchema, InvalidArgumentError, RetryPolicy
 from preimage.client._channel import ChannelConfig, Deadline
 from preimage.client._requests import invert_request, predict_slices
 from preimage.client.convert import matrix_from_proto, matrix_to_proto, schema_from_proto, schema_to_proto
 from preimage.client.table import csv_table, mapping_table
-
 from preimage.v1 import inference_pb2
 from tests.client.schemas import MIXED_SCHEMA
 

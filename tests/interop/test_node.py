@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from preimage.client import Client
 
+from preimage.client import Client
 from tests.interop.conftest import HERE
 from tests.models import EXAMPLE_MODEL, mlp_onnx, onnx_eval
 
