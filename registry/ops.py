@@ -11,9 +11,12 @@ registration (the converted module must agree with ``onnx.reference``):
   adds float8, for example), so the same converter is registered for it. The
   rule is computed against the installed onnx, and stops at the first version
   that changes anything else.
-* **New converters** for ``Gelu`` (opset 20) and for the two ``ai.onnx.ml``
-  operators scikit-learn's linear models and scalers export to
-  (``LinearRegressor``, ``Scaler``).
+* **Cast 19 and later**, whose new attributes only act on 8-bit floats, which
+  the Cast converter refuses anyway.
+* **New converters** for ``Gelu`` (opset 20), for ``Reshape`` with
+  ``allowzero=1`` (the dynamo exporter writes it on every Reshape), and for the
+  two ``ai.onnx.ml`` operators scikit-learn's linear models and scalers export
+  to (``LinearRegressor``, ``Scaler``).
 * **Down-conversion.** A model that still has an unconvertible operator at its
   opset is converted with ``onnx.version_converter`` to opset
   :data:`DOWNGRADE_OPSET` and tried again (``ReduceMean-18`` with ``axes`` as an
@@ -21,7 +24,8 @@ registration (the converted module must agree with ``onnx.reference``):
 
 onnx2torch's converter registry is its documented extension point
 (``onnx2torch.node_converters.registry.add_converter``); importing this module
-registers the additions once per process.
+registers the additions once per process, and lets onnx2torch name modules of
+``ai.onnx.ml`` nodes (torch refuses the dots in the domain).
 """
 
 from __future__ import annotations
@@ -126,6 +130,18 @@ def _register_type_only_versions() -> None:
             )
 
 
+def _register_cast_versions() -> None:
+    # Cast-19 added "saturate" and Cast-24 "round_mode"; both only act on casts to 8-bit (and smaller)
+    # float types, which onnx2torch's Cast converter refuses anyway. For every type it converts, the
+    # newer versions mean exactly what Cast-13 means.
+    converter = _CONVERTER_REGISTRY.get(OperationDescription("", "Cast", 13))
+    if converter is None:
+        return
+    for schema in defs.get_all_schemas_with_history():
+        if schema.domain == "" and schema.name == "Cast" and schema.since_version > 13:
+            _register("", "Cast", schema.since_version, converter, "Cast-13 (saturate/round_mode: 8-bit floats only)")
+
+
 # -- new converters ------------------------------------------------------------------------------
 
 
@@ -222,20 +238,15 @@ def _register_reshape_allowzero() -> None:
             _ADDED.append(AddedConverter("", "Reshape", key.version, "allowzero=1 as torch.reshape"))
 
 
-def _generate_node_name(node: onnx.NodeProto) -> str:
-    return _onnx2torch_node_name(node).replace(".", "/")
+def _patch_node_names() -> None:
+    """onnx2torch names each torch submodule after its node's domain and name, and torch refuses the dots
+    of ``ai.onnx.ml``: replace them with ``/``, as onnx2torch already does inside node names."""
+    original = OnnxGraph.generate_node_name
 
+    def generate_node_name(node: onnx.NodeProto) -> str:
+        return str(original(node)).replace(".", "/")
 
-def _register_cast_versions() -> None:
-    # Cast-19 added "saturate" and Cast-24 "round_mode"; both only act on casts to 8-bit (and smaller)
-    # float types, which onnx2torch's Cast converter refuses anyway. For every type it converts, the
-    # newer versions mean exactly what Cast-13 means.
-    converter = _CONVERTER_REGISTRY.get(OperationDescription("", "Cast", 13))
-    if converter is None:
-        return
-    for schema in defs.get_all_schemas_with_history():
-        if schema.domain == "" and schema.name == "Cast" and schema.since_version > 13:
-            _register("", "Cast", schema.since_version, converter, "Cast-13 (saturate/round_mode: 8-bit floats only)")
+    OnnxGraph.generate_node_name = staticmethod(generate_node_name)
 
 
 _register_type_only_versions()
@@ -244,9 +255,7 @@ _register_reshape_allowzero()
 _register("", "Gelu", 20, _convert_gelu, "Gelu-20 (opset 20) as torch.nn.functional.gelu")
 _register(ML_DOMAIN, "LinearRegressor", 1, _convert_linear_regressor, "scikit-learn linear models")
 _register(ML_DOMAIN, "Scaler", 1, _convert_scaler, "scikit-learn StandardScaler and friends")
-# onnx2torch names a module after its node's domain, and torch refuses the dots of "ai.onnx.ml".
-_onnx2torch_node_name = OnnxGraph.generate_node_name
-OnnxGraph.generate_node_name = staticmethod(_generate_node_name)  # type: ignore[method-assign]
+_patch_node_names()
 
 
 # -- support checks --------------------------------------------------------------------------------
