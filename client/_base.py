@@ -92,6 +92,9 @@ class InvertStreamBase:
         self._open()
 
     def _open(self) -> None:
+        if not self._deadline.allows(0.0):
+            self._done = True
+            self._deadline.check(self.request_id)
         self._call = self._client._inference.Invert(
             self._request, timeout=self._deadline.remaining(), metadata=self._metadata
         )

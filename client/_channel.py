@@ -12,6 +12,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from preimage.client.errors import DeadlineExceededError
+
 __all__ = ["ChannelConfig", "Deadline", "RetryPolicy"]
 
 # Replies (Predict outputs, model lists, pattern batches) may be larger than
@@ -64,7 +66,21 @@ class Deadline:
     """
 
     def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
         self._at = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, request_id: str | None = None) -> None:
+        """Raise :class:`DeadlineExceededError` when the deadline has already passed.
+
+        Checked before every call and retry, so a spent deadline fails at once
+        instead of racing a fast server inside gRPC's timer granularity.
+        """
+        if self._at is not None and time.monotonic() >= self._at:
+            raise DeadlineExceededError(
+                f"the deadline of {self.seconds:g} s passed before the call could be made",
+                code=grpc.StatusCode.DEADLINE_EXCEEDED,
+                request_id=request_id,
+            )
 
     def remaining(self) -> float | None:
         """Seconds left, or ``None`` without a deadline.

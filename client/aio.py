@@ -193,6 +193,7 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
         while True:
             # A request stream (register) is read off the loop; it is never retried, so it is read once.
             request = _in_thread(call.request) if isinstance(call.request, CapturingIterator) else call.request
+            deadline.check(rid)
             try:
                 return call.parse(await method(request, timeout=deadline.remaining(), metadata=metadata))
             except grpc.aio.AioRpcError as exc:

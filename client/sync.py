@@ -202,6 +202,7 @@ class Client(ClientBase[InvertStream, TrainRun]):
         delays = self.config.retry.delays() if call.idempotent else iter(())
         method = self._method(call)
         while True:
+            deadline.check(rid)
             try:
                 return call.parse(method(call.request, timeout=deadline.remaining(), metadata=metadata))
             except grpc.RpcError as exc:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preimage.client import FeatureKind, FeatureSchema, InvalidArgumentError, RetryPolicy
+from preimage.client import DeadlineExceededError, FeatureKind, FeatureSchema, InvalidArgumentError, RetryPolicy
 from preimage.client._channel import ChannelConfig, Deadline
 from preimage.client._requests import invert_request, predict_slices
 from preimage.client.convert import matrix_from_proto, matrix_to_proto, schema_from_proto, schema_to_proto
@@ -161,6 +161,9 @@ def test_deadline_never_reaches_grpc_as_zero() -> None:
     remaining = deadline.remaining()
     assert remaining is not None and 0 < remaining < 1e-3
     assert not deadline.allows(0.0)
+    with pytest.raises(DeadlineExceededError, match=r"deadline of 0\.001 s passed"):
+        deadline.check("rid")
+    Deadline(60).check()
     assert Deadline(None).remaining() is None and Deadline(None).allows(1e9)
 
 
