@@ -219,11 +219,20 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
         await self.close()
 
     async def health(self, service: str = "", *, timeout: float | None = None) -> str:
-        """The server's ``grpc.health.v1`` status, e.g. ``"SERVING"``."""
+        """The server's ``grpc.health.v1`` status, e.g. ``"SERVING"``.
+
+        Example:
+            >>> await client.health()                                       # doctest: +SKIP
+            'SERVING'
+        """
         return await self._run(_requests.health_call(service), timeout)
 
     async def wait_ready(self, timeout: float = 30.0, *, service: str = "") -> None:
-        """Wait until the server answers SERVING; :class:`DeadlineExceededError` after ``timeout`` s."""
+        """Wait until the server answers SERVING; :class:`DeadlineExceededError` after ``timeout`` s.
+
+        Example:
+            >>> await client.wait_ready(timeout=10)                         # doctest: +SKIP
+        """
         deadline = Deadline(timeout)
         call = _requests.health_call(service)
         check = self._method(call)
@@ -255,7 +264,12 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> ModelInfo:
-        """Upload an ONNX model in chunks; see :meth:`preimage.client.Client.register`."""
+        """Upload an ONNX model in chunks; see :meth:`preimage.client.Client.register`.
+
+        Example:
+            >>> (await client.register("model.onnx", "difficulty", bounds=(0.0, 1.0))).ref # doctest: +SKIP
+            'difficulty:1'
+        """
         upload = await asyncio.to_thread(Upload.of, model)
         call = _requests.register_call(upload, name, schema, bounds, self.chunk_size)
         return await self._run(call, timeout, request_id)
@@ -263,29 +277,58 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
     async def models(
         self, name: str | None = None, all_versions: bool = False, *, timeout: float | None = None
     ) -> list[ModelInfo]:
-        """List models; see :meth:`preimage.client.Client.models`."""
+        """List models; see :meth:`preimage.client.Client.models`.
+
+        Example:
+            >>> [m.ref for m in await client.models()]                      # doctest: +SKIP
+            ['difficulty:2', 'levels:1']
+        """
         return await self._run(_requests.list_call(name, all_versions), timeout)
 
     async def model(self, ref: str, *, timeout: float | None = None) -> ModelInfo:
-        """Describe one version; see :meth:`preimage.client.Client.model`."""
+        """Describe one version; see :meth:`preimage.client.Client.model`.
+
+        Example:
+            >>> (await client.model("difficulty@prod")).version             # doctest: +SKIP
+            3
+        """
         return await self._run(_requests.get_call(ref), timeout)
 
     async def delete(self, ref: str, all_versions: bool = False, *, timeout: float | None = None) -> list[ModelInfo]:
-        """Delete one version or every version; see :meth:`preimage.client.Client.delete`."""
+        """Delete one version or every version; see :meth:`preimage.client.Client.delete`.
+
+        Example:
+            >>> [m.ref for m in await client.delete("difficulty:1")]        # doctest: +SKIP
+            ['difficulty:1']
+        """
         return await self._run(_requests.delete_call(ref, all_versions), timeout)
 
     async def alias(self, name: str, alias: str, version: int, *, timeout: float | None = None) -> ModelInfo:
-        """Point ``NAME@ALIAS`` at ``version``; see :meth:`preimage.client.Client.alias`."""
+        """Point ``NAME@ALIAS`` at ``version``; see :meth:`preimage.client.Client.alias`.
+
+        Example:
+            >>> (await client.alias("difficulty", "prod", 2)).aliases       # doctest: +SKIP
+            ('prod',)
+        """
         return await self._run(_requests.alias_call(name, alias, version), timeout)
 
     async def unalias(self, name: str, alias: str, *, timeout: float | None = None) -> None:
-        """Remove ``NAME@ALIAS``."""
+        """Remove ``NAME@ALIAS``.
+
+        Example:
+            >>> await client.unalias("difficulty", "prod")                  # doctest: +SKIP
+        """
         await self._run(_requests.unalias_call(name, alias), timeout)
 
     async def predict(
         self, ref: str, rows: Any, *, timeout: float | None = None, request_id: str | None = None
     ) -> FloatArray:
-        """Evaluate the model on rows (array or by feature name); see :meth:`preimage.client.Client.predict`."""
+        """Evaluate the model on rows (array or by feature name); see :meth:`preimage.client.Client.predict`.
+
+        Example:
+            >>> (await client.predict("difficulty", [[0.5] * 10])).shape    # doctest: +SKIP
+            (1, 1)
+        """
         X, named = _requests.rows_argument(rows)
         if named is not None:
             info = await self.model(ref, timeout=timeout)
