@@ -193,3 +193,11 @@ def test_register_refuses_unreadable_file(tmp_path: Path) -> None:
     with Client("127.0.0.1:1") as client, pytest.raises(InvalidArgumentError) as caught:
         client.register(tmp_path / "missing.onnx", "x")
     assert "cannot read" in caught.value.message and caught.value.code is None
+
+
+def test_train_on_a_server_without_it_is_unimplemented() -> None:
+    # The fake implements no Train: gRPC answers UNIMPLEMENTED (what examples/game_levels falls back on).
+    with FakeServer() as fake, Client(fake.address, retry=NO_RETRY, timeout=10) as client:
+        run = client.train({"x": [0.0, 1.0], "y": [1.0, 2.0]}, name="t", target="y")
+        with pytest.raises(UnimplementedError):
+            run.wait()
