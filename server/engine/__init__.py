@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from preimage.server.engine.data import Table, TableBuilder, build_table, data_statistics, encode, infer_schema
 from preimage.server.engine.export import export_onnx
+from preimage.server.engine.invert import invert
+from preimage.server.engine.predict import predict
+from preimage.server.engine.space import InputSpace
 from preimage.server.engine.train import train
 from preimage.server.engine.types import (
     BoundSpec,
@@ -30,6 +33,7 @@ __all__ = [
     "BoundSpec",
     "FeatureOverride",
     "FixedSpec",
+    "InputSpace",
     "InvertMode",
     "InvertSpec",
     "InvertStatus",
@@ -49,5 +53,7 @@ __all__ = [
     "encode",
     "export_onnx",
     "infer_schema",
+    "invert",
+    "predict",
     "train",
 ]

@@ -1,0 +1,83 @@
+"""Predict: rows in, outputs out, in one batched forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from preimage.errors import InvalidArgumentError
+from preimage.server.engine.run import model_outputs
+
+__all__ = ["input_width", "predict"]
+
+
+def input_width(module: torch.nn.Module) -> int | None:
+    """The input width a module expects, when its graph says so (the first op is a ``Linear``).
+
+    onnx2torch turns the usual first ``Gemm``/``MatMul`` of an exported network into a
+    ``torch.nn.Linear``; for other graphs the width is unknown here (``None``).
+    """
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return module.in_features if isinstance(module, torch.nn.Linear) else None
+    placeholders = [node for node in graph.nodes if node.op == "placeholder"]
+    if len(placeholders) != 1:
+        return None
+    users = list(placeholders[0].users)
+    if len(users) == 1 and users[0].op == "call_module":
+        first = module.get_submodule(str(users[0].target))
+        if isinstance(first, torch.nn.Linear):
+            return int(first.in_features)
+    return None
+
+
+def predict(module: torch.nn.Module, X: np.ndarray, *, width: int | None = None) -> np.ndarray:
+    """Evaluate a frozen model on a batch of rows.
+
+    Args:
+        module: The frozen model (eval mode, no parameter gradients).
+        X: ``n x d`` rows (converted to float32).
+        width: The input width ``d`` the model takes (``ModelRecord.input_width``); when
+            ``None`` it is read from the module's graph where possible.
+
+    Returns:
+        ``n x m`` float32 outputs.
+
+    Raises:
+        InvalidArgumentError: ``X`` is not a 2-D matrix, has the wrong width, holds NaN or
+            infinite values, or the model rejects it (field ``inputs``; the message gives
+            the numbers).
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Linear(3, 1).eval()
+        >>> predict(net, np.zeros((2, 3))).shape
+        (2, 1)
+    """
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise InvalidArgumentError(f"inputs must be a matrix of rows, got shape {X.shape}", field="inputs")
+    expected = width if width is not None else input_width(module)
+    if expected is not None and X.shape[1] != expected:
+        raise InvalidArgumentError(f"inputs have {X.shape[1]} columns but the model takes {expected}", field="inputs")
+    try:
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, reported below
+            X32 = np.ascontiguousarray(X, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"inputs must be numbers, got dtype {X.dtype}", field="inputs") from None
+    bad = ~np.isfinite(X32)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InvalidArgumentError(
+            f"inputs hold {int(bad.sum())} NaN or infinite value(s) (after float32 conversion), "
+            f"the first at row {row}, column {col}",
+            field="inputs",
+        )
+    try:
+        with torch.no_grad():
+            out = model_outputs(module(torch.from_numpy(X32)), X32.shape[0])
+    except RuntimeError as exc:
+        raise InvalidArgumentError(
+            f"the model rejected inputs of {X32.shape[1]} columns: {str(exc).splitlines()[0]}", field="inputs"
+        ) from None
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32)

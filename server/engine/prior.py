@@ -1,0 +1,313 @@
+"""Prior distributions over an :class:`~preimage.server.engine.space.InputSpace`, and the
+in-distribution penalty.
+
+The prior is what random patterns are drawn from before the target is imposed
+(docs/inversion.md states each one precisely):
+
+* :class:`UniformPrior`: continuous columns uniform over their bounds, integers
+  uniform over the integers in their bounds, binaries fair coins, categorical
+  levels equally likely, all independent.
+* :class:`DataPrior` (from :class:`~preimage.registry.schema.DataStatistics`):
+  continuous columns follow a Gaussian copula whose correlation is the training
+  data's, with each marginal the training data's (the piecewise-linear quantile
+  function through the stored quantiles, else a normal with the stored mean and
+  variance) truncated to the bounds, and conditioned on fixed continuous
+  columns; integer, binary and categorical features are independent, each with
+  its training marginal mixed with a share ``1 / (rows + 1)`` of the uniform one,
+  so that no allowed value has probability zero.
+
+Randomness comes only from the ``numpy.random.Generator`` passed in, so a seed
+fixes every draw.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from preimage.errors import InvalidArgumentError
+from preimage.registry.schema import DataStatistics
+from preimage.server.engine.space import ColumnKind, InputSpace
+from preimage.server.engine.types import PriorKind
+
+__all__ = ["DataPrior", "InDistributionPenalty", "Prior", "UniformPrior", "make_prior"]
+
+
+def _ndtr(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF (float64), through torch to avoid a scipy dependency."""
+    return torch.special.ndtr(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+def _ndtri(p: np.ndarray) -> np.ndarray:
+    """Standard normal quantile function (float64)."""
+    return torch.special.ndtri(torch.from_numpy(np.asarray(p, dtype=np.float64))).numpy()
+
+
+class Prior:
+    """A distribution over the points of an input space.
+
+    Attributes:
+        space: The space sampled.
+        kind: Which prior this is, as reported in the summary.
+    """
+
+    kind: PriorKind
+
+    def __init__(self, space: InputSpace) -> None:
+        self.space = space
+        self._continuous = np.flatnonzero(space.free_continuous)
+
+    def sample(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        """Draw ``k`` rows.
+
+        Returns:
+            ``k x d`` float32 rows satisfying every constraint of the space exactly.
+        """
+        X = np.broadcast_to(self.space.fixed_values, (k, self.space.width)).copy()
+        if self._continuous.size:
+            X[:, self._continuous] = self._sample_continuous(rng, k)
+        rows = np.arange(k)
+        for j, factor in enumerate(self.space.factors):
+            digit = self._sample_factor(rng, j, k)
+            if factor.kind is ColumnKind.ONE_HOT:
+                X[rows, np.asarray(factor.columns)[digit]] = 1.0
+            else:
+                X[:, factor.columns[0]] = (factor.low + digit).astype(np.float32)
+        return X
+
+    def log_weight(self, digits: np.ndarray) -> np.ndarray:
+        """Log prior probability of the free discrete factors' values (``k x len(factors)`` digits)."""
+        return np.zeros(digits.shape[0])
+
+    def _sample_continuous(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        lo = self.space.lower[self._continuous].astype(np.float64)
+        hi = self.space.upper[self._continuous].astype(np.float64)
+        X = (lo + rng.random((k, lo.size)) * (hi - lo)).astype(np.float32)
+        return np.clip(X, self.space.lower[self._continuous], self.space.upper[self._continuous])
+
+    def _sample_factor(self, rng: np.random.Generator, j: int, k: int) -> np.ndarray:
+        return rng.integers(0, self.space.factors[j].levels, size=k)
+
+
+class UniformPrior(Prior):
+    """Uniform over the bounds and feature types, all features independent."""
+
+    kind = PriorKind.UNIFORM
+
+
+class _Marginal:
+    """One continuous column's training marginal: CDF and quantile function (float64, vectorized)."""
+
+    def __init__(self, mean: float, var: float, levels: np.ndarray, values: np.ndarray) -> None:
+        self.normal = levels.size < 2
+        self.mean = mean
+        self.sd = math.sqrt(var) if var > 0 else 0.0
+        if self.normal:
+            # A zero variance is a point mass; widen it to a sliver so CDF and quantile stay defined.
+            self.sd = self.sd or max(1e-6, 1e-6 * abs(mean))
+            return
+        q = levels.astype(np.float64)
+        v = values.astype(np.float64)
+        if q[0] > 0.0:
+            slope = (v[1] - v[0]) / max(q[1] - q[0], 1e-12)
+            q, v = np.concatenate([[0.0], q]), np.concatenate([[v[0] - slope * q[0]], v])
+        if q[-1] < 1.0:
+            slope = (v[-1] - v[-2]) / max(q[-1] - q[-2], 1e-12)
+            q, v = np.concatenate([q, [1.0]]), np.concatenate([v, [v[-1] + slope * (1.0 - q[-1])]])
+        # Ties in the quantiles (atoms in the data) would make the CDF ill-defined for np.interp.
+        eps = 1e-9 * (abs(v[-1] - v[0]) + 1.0)
+        for i in range(1, v.size):
+            v[i] = max(v[i], v[i - 1] + eps)
+        self.q, self.v = q, v
+
+    def cdf(self, x: np.ndarray) -> np.ndarray:
+        if self.normal:
+            return _ndtr((np.asarray(x, dtype=np.float64) - self.mean) / self.sd)
+        return np.interp(x, self.v, self.q)
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        if self.normal:
+            return self.mean + self.sd * _ndtri(np.clip(u, 1e-15, 1.0 - 1e-15))
+        return np.interp(u, self.q, self.v)
+
+
+class DataPrior(Prior):
+    """The training data's distribution, from stored statistics (see the module docstring).
+
+    Args:
+        space: The space sampled.
+        statistics: Training statistics of the model (``d`` columns).
+    """
+
+    kind = PriorKind.DATA
+
+    def __init__(self, space: InputSpace, statistics: DataStatistics) -> None:
+        super().__init__(space)
+        d = space.width
+        mean = np.asarray(statistics.mean, dtype=np.float64)
+        cov = np.asarray(statistics.covariance, dtype=np.float64).reshape(d, d)
+        levels = np.asarray(statistics.quantile_levels, dtype=np.float64)
+        quantiles = np.asarray(statistics.quantiles, dtype=np.float64).reshape(d, levels.size)
+        self._marginals = [_Marginal(mean[c], cov[c, c], levels, quantiles[c]) for c in range(d)]
+        self._mix = 1.0 / (statistics.rows + 1.0)
+
+        # Continuous columns: Gaussian copula, conditioned on the fixed continuous columns.
+        free = self._continuous
+        given = np.flatnonzero((space.kinds == ColumnKind.CONTINUOUS) & space.fixed)
+        both = np.concatenate([free, given])
+        R = _correlation(cov[np.ix_(both, both)])
+        nf = free.size
+        Rff, Rfg, Rgg = R[:nf, :nf], R[:nf, nf:], R[nf:, nf:]
+        z_given = np.array(
+            [_ndtri(np.clip(self._marginals[c].cdf(space.fixed_values[c]), 1e-12, 1 - 1e-12)) for c in given]
+        )
+        if given.size:
+            gain = np.linalg.solve(Rgg, Rfg.T).T
+            self._z_mean = gain @ z_given
+            cond = Rff - gain @ Rfg.T
+        else:
+            self._z_mean = np.zeros(nf)
+            cond = Rff
+        self._z_chol = np.linalg.cholesky(_nearest_psd(cond) + 1e-9 * np.eye(nf)) if nf else np.zeros((0, 0))
+        lo = space.lower[free].astype(np.float64)
+        hi = space.upper[free].astype(np.float64)
+        self._a = np.array([self._marginals[c].cdf(x) for c, x in zip(free, lo, strict=True)])
+        self._b = np.array([self._marginals[c].cdf(x) for c, x in zip(free, hi, strict=True)])
+
+        # Discrete factors: independent marginals, mixed with uniform.
+        self._pmf: list[np.ndarray | None] = []
+        for factor in space.factors:
+            if factor.kind is ColumnKind.BINARY:
+                p1 = float(np.clip(mean[factor.columns[0]], 0.0, 1.0))
+                data = np.array([1.0 - p1, p1])
+            elif factor.kind is ColumnKind.ONE_HOT:
+                data = np.clip(mean[list(factor.columns)], 0.0, None)
+                data = data / data.sum() if data.sum() > 0 else np.full(factor.levels, 1.0 / factor.levels)
+            elif factor.levels <= 1 << 16:
+                marginal = self._marginals[factor.columns[0]]
+                edges = marginal.cdf(factor.low - 0.5 + np.arange(factor.levels + 1))
+                data = np.diff(edges)
+                data = data / data.sum() if data.sum() > 1e-300 else np.full(factor.levels, 1.0 / factor.levels)
+            else:
+                self._pmf.append(None)  # sampled through the quantile function; never enumerated
+                continue
+            self._pmf.append((1.0 - self._mix) * data + self._mix / factor.levels)
+
+    def log_weight(self, digits: np.ndarray) -> np.ndarray:
+        out = np.zeros(digits.shape[0])
+        for j, pmf in enumerate(self._pmf):
+            assert pmf is not None, "only spaces of at most 2**20 points are enumerated"
+            out += np.log(pmf[digits[:, j]])
+        return out
+
+    def _sample_continuous(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        z = self._z_mean + rng.standard_normal((k, self._z_mean.size)) @ self._z_chol.T
+        u = _ndtr(z)
+        out = np.empty((k, self._continuous.size), dtype=np.float32)
+        for i, c in enumerate(self._continuous):
+            a, b = self._a[i], self._b[i]
+            lo, hi = self.space.lower[c], self.space.upper[c]
+            if b - a > 1e-12:
+                x = self._marginals[c].ppf(a + u[:, i] * (b - a))
+            else:  # no training mass inside the bounds: uniform over them
+                x = float(lo) + u[:, i] * (float(hi) - float(lo))
+            out[:, i] = np.clip(x.astype(np.float32), lo, hi)
+        return out
+
+    def _sample_factor(self, rng: np.random.Generator, j: int, k: int) -> np.ndarray:
+        factor = self.space.factors[j]
+        pmf = self._pmf[j]
+        if pmf is not None:
+            return np.minimum(np.searchsorted(np.cumsum(pmf), rng.random(k) * pmf.sum()), factor.levels - 1)
+        marginal = self._marginals[factor.columns[0]]
+        a, b = marginal.cdf(factor.low - 0.5), marginal.cdf(factor.low + factor.levels - 0.5)
+        u = rng.random(k)
+        uniform = rng.random(k) < self._mix
+        data = np.rint(marginal.ppf(a + u * (b - a))) - factor.low
+        digit = np.where(uniform | (b - a <= 1e-12), np.floor(u * factor.levels), data)
+        return np.clip(digit, 0, factor.levels - 1).astype(np.int64)
+
+
+def _nearest_psd(A: np.ndarray) -> np.ndarray:
+    """Symmetric ``A`` with its eigenvalues floored at 1e-6."""
+    if A.size == 0:
+        return A
+    w, V = np.linalg.eigh((A + A.T) / 2.0)
+    return (V * np.maximum(w, 1e-6)) @ V.T
+
+
+def _correlation(cov: np.ndarray) -> np.ndarray:
+    """A valid correlation matrix from a covariance (constant columns uncorrelated)."""
+    if cov.size == 0:
+        return cov
+    sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    ok = sd > 0
+    R = np.eye(cov.shape[0])
+    R[np.ix_(ok, ok)] = cov[np.ix_(ok, ok)] / np.outer(sd[ok], sd[ok])
+    R = _nearest_psd(R)
+    s = np.sqrt(np.diag(R))
+    return np.asarray(R / np.outer(s, s))
+
+
+def make_prior(space: InputSpace, kind: PriorKind | None, statistics: DataStatistics | None) -> Prior:
+    """The prior a run uses: ``kind``, or the data prior when ``None`` and statistics exist.
+
+    Raises:
+        InvalidArgumentError: The data prior is asked for but the model has no statistics
+            (field ``prior``).
+    """
+    if kind is None:
+        kind = PriorKind.DATA if statistics is not None else PriorKind.UNIFORM
+    if kind is PriorKind.UNIFORM:
+        return UniformPrior(space)
+    if statistics is None:
+        raise InvalidArgumentError(
+            "prior 'data' needs the model's training statistics, and this model has none; use prior 'uniform'",
+            field="prior",
+        )
+    return DataPrior(space, statistics)
+
+
+@dataclass(frozen=True)
+class InDistributionPenalty:
+    """``M(x) = ½ (x − μ)ᵀ Σ⁻¹ (x − μ) / k`` over the ``k`` free numeric columns.
+
+    ``μ`` and ``Σ`` are the training mean and covariance when the model has statistics,
+    else the uniform distribution's over the bounds (centre, ``width² / 12``). ``M`` is half
+    the mean squared standardized distance, about ½ for a typical training row.
+
+    Attributes:
+        columns: The free numeric (continuous and integer) columns.
+        mean: ``k`` means.
+        precision: ``k x k`` inverse covariance.
+    """
+
+    columns: np.ndarray
+    mean: np.ndarray
+    precision: np.ndarray
+
+    @classmethod
+    def build(cls, space: InputSpace, statistics: DataStatistics | None) -> InDistributionPenalty:
+        """The penalty for a space, from statistics when there are some."""
+        cols = np.flatnonzero(space.free_numeric)
+        if statistics is not None:
+            d = space.width
+            mean = np.asarray(statistics.mean, dtype=np.float64)[cols]
+            cov = np.asarray(statistics.covariance, dtype=np.float64).reshape(d, d)[np.ix_(cols, cols)]
+        else:
+            lo, hi = space.lower[cols].astype(np.float64), space.upper[cols].astype(np.float64)
+            mean = (lo + hi) / 2.0
+            cov = np.diag(np.maximum((hi - lo) ** 2 / 12.0, 1e-12))
+        scale = float(np.mean(np.diag(cov))) if cols.size else 1.0
+        precision = np.linalg.pinv(cov + 1e-9 * max(scale, 1e-12) * np.eye(cols.size)) if cols.size else cov
+        return cls(columns=cols, mean=mean, precision=precision)
+
+    def value(self, X: np.ndarray) -> np.ndarray:
+        """``M(x)`` for each row of ``X`` (``k x d``)."""
+        if self.columns.size == 0:
+            return np.zeros(X.shape[0])
+        D = X[:, self.columns].astype(np.float64) - self.mean
+        return 0.5 * np.einsum("ij,jk,ik->i", D, self.precision, D) / self.columns.size
