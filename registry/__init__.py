@@ -1,9 +1,15 @@
 """ONNX model registry: storage, validation, conversion to frozen torch modules.
 
 Knows nothing of gRPC. See docs/architecture.md ("Registry API") and docs/registry.md.
+
+Records, references, schemas and errors import without torch; :class:`Registry`
+(which needs torch, onnx and onnx2torch) is imported on first use, so
+``preimage.registry.schema`` stays light for code that only needs the schema types.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from preimage.registry.errors import (
     BatchError,
@@ -43,8 +49,10 @@ from preimage.registry.schema import (
     OutputFeature,
     SchemaError,
 )
-from preimage.registry.store import Registry
 from preimage.registry.upload import Upload
+
+if TYPE_CHECKING:
+    from preimage.registry.store import Registry
 
 __all__ = [
     "BatchError",
@@ -86,3 +94,11 @@ __all__ = [
     "UnsupportedVersionError",
     "Upload",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Registry":
+        from preimage.registry.store import Registry
+
+        return Registry
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +169,13 @@ def test_loaded_module_accepts_rows_of_the_schema(registry: Registry) -> None:
     loaded = registry.load("game")
     X = torch.from_numpy(sample_rows(loaded.schema, 5, np.random.default_rng(1)))
     assert loaded.module(X).shape == (5, 1)
+
+
+def test_schema_types_import_without_torch() -> None:
+    # The schema, records, references and errors are plain Python; only Registry needs torch.
+    code = (
+        "import sys; from preimage.registry import FeatureSchema, ModelRef, ModelRecord, ModelNotFoundError; "
+        "import preimage.registry.schema; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"]
