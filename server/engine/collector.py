@@ -132,11 +132,15 @@ class _HashSet:
 
     def contains(self, h: np.ndarray) -> np.ndarray:
         """``k`` booleans: which hashes are already in the set."""
+        order = np.argsort(h)
+        hs = h[order]  # sorted needles make the binary searches cache-friendly
         found = np.zeros(h.shape[0], dtype=bool)
         for run in self._runs:
-            pos = np.minimum(np.searchsorted(run, h), run.size - 1)
-            found |= run[pos] == h
-        return found
+            pos = np.minimum(np.searchsorted(run, hs), run.size - 1)
+            found |= run[pos] == hs
+        out = np.empty_like(found)
+        out[order] = found
+        return out
 
     def add(self, h: np.ndarray) -> None:
         """Insert hashes that are not in the set yet (distinct among themselves)."""

@@ -5,6 +5,10 @@ over the whole pool. Per row it then does one of:
 
 * **accept** — the output is inside the inner target interval (the forward pass
   was on exactly this float32 row, so acceptance is already verified);
+* **secant** — for one output, a row that has just taken a Newton step stays on the
+  line of that step and moves along it by secant steps, each needing only a
+  forward pass (a third of a gradient pass), until it hits, stops progressing or
+  has taken :data:`_LINE_STEPS` of them; then it takes a gradient pass again;
 * **Newton** — the minimum-norm Gauss–Newton / Levenberg–Marquardt step
   ``Δu = −J̃ᵀ (J̃ J̃ᵀ + μI)⁻¹ r̃`` on the free continuous columns, in coordinates
   scaled to the unit box (``u = (x − lower) / width``) with outputs weighted by
@@ -45,6 +49,8 @@ _PROGRESS = 1e-4
 _STEP_CAP = 0.5
 # Relative Levenberg–Marquardt damping; tiny, so one output gets the exact minimum-norm step.
 _DAMPING = 1e-6
+# Secant steps along one Newton line before the gradient is taken again.
+_LINE_STEPS = 6
 
 
 @dataclass(frozen=True)
@@ -101,21 +107,50 @@ class NewtonPool:
         self._lo = self.lower[self.cols].double()
         self._hi = self.upper[self.cols].double()
         self.scale = torch.from_numpy(targets.scale)
-        self.X = torch.empty(0, d)
-        self.aims = torch.empty(0, m, dtype=torch.float64)
-        self.X_prev = torch.empty(0, d)
-        self.r_prev = torch.empty(0, m, dtype=torch.float64)
-        self.rn_prev = torch.empty(0, dtype=torch.float64)
-        self.J_prev = torch.empty(0, m, d)
-        self.age = torch.empty(0, dtype=torch.long)
-        self.halvings = torch.empty(0, dtype=torch.long)
-        self.moves = torch.empty(0, dtype=torch.long)
-        self.pen = torch.empty(0, dtype=torch.long)
-        self.last_discrete = torch.empty(0, dtype=torch.bool)
+        self._aim_lo = torch.from_numpy(targets.aim_lower)
+        self._aim_hi = torch.from_numpy(targets.aim_upper)
+        self._value = torch.from_numpy(targets.value)
+        self._inner_lo = torch.from_numpy(targets.inner_lower)
+        self._inner_hi = torch.from_numpy(targets.inner_upper)
+        self._is_range = torch.isnan(self._value)
+        k = self.cols.numel()
+        self._m, self._k = m, k
+        # Per-row state, packed by dtype so that dropping rows costs a handful of indexing calls:
+        # float32 rows (current point, last gradient point, line base), float64 numbers (aims,
+        # residual at the gradient point, line direction, its norm, secant parameters), counters,
+        # flags, and the Jacobian at the gradient point (kept only for discrete moves).
+        self._rows = torch.empty(0, 3, d)
+        self._f64 = torch.empty(0, 2 * m + k + 4, dtype=torch.float64)
+        self._int = torch.empty(0, 5, dtype=torch.long)
+        self._flags = torch.empty(0, 3, dtype=torch.bool)
+        self._jac: torch.Tensor | None = torch.empty(0, m, d) if space.factors else None
+        self._secant = m == 1 and config.penalty_steps == 0
         self._penalty_target = _PenaltyTarget.build(space, penalty) if config.penalty_steps > 0 else None
 
+    # Views into the packed state (valid until the next add or drop).
+    X = property(lambda self: self._rows[:, 0], doc="Current points.")
+    X_prev = property(lambda self: self._rows[:, 1], doc="Points of the last gradient pass that made progress.")
+    base = property(lambda self: self._rows[:, 2], doc="Base points of the secant lines.")
+    aims = property(lambda self: self._f64[:, : self._m], doc="Per-row output aims (NaN: the config's).")
+    r_prev = property(lambda self: self._f64[:, self._m : 2 * self._m], doc="Residuals at ``X_prev``.")
+    dir = property(
+        lambda self: self._f64[:, 2 * self._m : 2 * self._m + self._k], doc="Line directions (free columns)."
+    )
+    rn_prev = property(lambda self: self._f64[:, -4], doc="Weighted residual norms at ``X_prev``.")
+    t_a = property(lambda self: self._f64[:, -3], doc="Previous line parameter.")
+    r_a = property(lambda self: self._f64[:, -2], doc="Weighted residual at ``t_a``.")
+    t_b = property(lambda self: self._f64[:, -1], doc="Line parameter of the current point.")
+    age = property(lambda self: self._int[:, 0], doc="Passes since the start or the last discrete move.")
+    halvings = property(lambda self: self._int[:, 1], doc="Step halvings since the last progress.")
+    moves = property(lambda self: self._int[:, 2], doc="Discrete moves made.")
+    pen = property(lambda self: self._int[:, 3], doc="Penalty steps taken.")
+    line_steps = property(lambda self: self._int[:, 4], doc="Secant steps on the current line.")
+    last_discrete = property(lambda self: self._flags[:, 0], doc="The last move was a discrete one.")
+    line = property(lambda self: self._flags[:, 1], doc="On a secant line (the next pass is forward-only).")
+    no_line = property(lambda self: self._flags[:, 2], doc="The next Newton step is a plain one.")
+
     def __len__(self) -> int:
-        return int(self.X.shape[0])
+        return int(self._rows.shape[0])
 
     def add(self, X: torch.Tensor, aims: torch.Tensor | None = None) -> None:
         """Append fresh starts.
@@ -125,21 +160,16 @@ class NewtonPool:
             aims: ``k x m`` output levels each row should be moved to; ``None`` lets the
                 config decide (the value, or the nearest point of the aim interval).
         """
-        k, m = X.shape[0], self.targets.outputs
-        if aims is None:
-            aims = torch.full((k, m), float("nan"), dtype=torch.float64)
-        self.X = torch.cat([self.X, X])
-        self.aims = torch.cat([self.aims, aims])
-        self.X_prev = torch.cat([self.X_prev, X])
-        self.r_prev = torch.cat([self.r_prev, torch.zeros(k, m, dtype=torch.float64)])
-        self.rn_prev = torch.cat([self.rn_prev, torch.full((k,), float("inf"), dtype=torch.float64)])
-        self.J_prev = torch.cat([self.J_prev, torch.zeros(k, m, X.shape[1])])
-        zeros = torch.zeros(k, dtype=torch.long)
-        self.age = torch.cat([self.age, zeros])
-        self.halvings = torch.cat([self.halvings, zeros])
-        self.moves = torch.cat([self.moves, zeros])
-        self.pen = torch.cat([self.pen, zeros])
-        self.last_discrete = torch.cat([self.last_discrete, torch.zeros(k, dtype=torch.bool)])
+        k, m = X.shape[0], self._m
+        f64 = torch.zeros(k, self._f64.shape[1], dtype=torch.float64)
+        f64[:, :m] = float("nan") if aims is None else aims
+        f64[:, -4] = float("inf")
+        self._rows = torch.cat([self._rows, X.unsqueeze(1).expand(k, 3, X.shape[1])])
+        self._f64 = torch.cat([self._f64, f64])
+        self._int = torch.cat([self._int, torch.zeros(k, 5, dtype=torch.long)])
+        self._flags = torch.cat([self._flags, torch.zeros(k, 3, dtype=torch.bool)])
+        if self._jac is not None:
+            self._jac = torch.cat([self._jac, torch.zeros(k, m, X.shape[1])])
 
     def step(self) -> tuple[np.ndarray, np.ndarray, int]:
         """One pass over the pool (call :meth:`Run.check` first).
@@ -149,37 +179,63 @@ class NewtonPool:
             rows failed and left the pool.
         """
         cfg = self.config
-        F, J = self.run.forward_jacobian(self.X)
-        aim = torch.where(torch.isnan(self.aims), self.targets.aim(F, center=cfg.center), self.aims)
-        r = F.double() - aim
+        on_line = self.line.clone()
+        grad = ~on_line
+        P, m, d = len(self), self.targets.outputs, self.space.width
+        F = torch.empty(P, m)
+        J = torch.zeros(P, m, d)
+        if bool(grad.any()):
+            F[grad], J[grad] = self.run.forward_jacobian(self.X[grad])
+        if bool(on_line.any()):
+            self.run.raise_if_cancelled()
+            F[on_line] = self.run.forward(self.X[on_line])
+        Fd = F.double()
+        aim = torch.minimum(torch.maximum(Fd, self._aim_lo), self._aim_hi)
+        if cfg.center:
+            aim = torch.where(self._is_range, aim, self._value)
+        aim = torch.where(torch.isnan(self.aims), aim, self.aims)
+        r = Fd - aim
         rn = (r / self.scale).norm(dim=1)
         rn = torch.where(torch.isfinite(rn), rn, torch.full_like(rn, float("inf")))
-        hit = torch.from_numpy(self.targets.hits(F.numpy()))
+        hit = ((Fd >= self._inner_lo) & (Fd <= self._inner_hi)).all(dim=1)  # NaN compares False
         accept = hit & (self.pen >= cfg.penalty_steps)
         improved = torch.isfinite(rn) & (rn < self.rn_prev * (1.0 - _PROGRESS))
         settling = hit & ~accept
         # A row the penalty step moved off the target is corrected by Newton, whatever its residual did.
         correcting = ~hit & (self.pen > 0)
-        take = (improved | settling | correcting) & ~accept
-        backtrack = ~take & ~accept & ~self.last_discrete & torch.isfinite(self.rn_prev)
+        take = (improved | settling | correcting) & ~accept & grad
+        backtrack = ~take & ~accept & grad & ~self.last_discrete & torch.isfinite(self.rn_prev)
         backtrack &= self.halvings < cfg.max_halvings
-        self.age += 1
-        fail = ~accept & ~take & ~backtrack
+        self._int[:, 0] += 1  # age
+        fail = ~accept & grad & ~take & ~backtrack
         fail |= ~accept & ~settling & (self.age > cfg.max_age)
         take &= ~fail
         backtrack &= ~fail
+        secant = on_line & ~accept & ~fail
+        if bool(secant.any()):
+            self._secant_step(secant.nonzero().squeeze(1), r[secant, 0] / self.scale[0])
 
         if bool(take.any()):
             idx = take.nonzero().squeeze(1)
             self.X_prev[idx] = self.X[idx]
             self.r_prev[idx] = r[idx]
             self.rn_prev[idx] = rn[idx]
-            self.J_prev[idx] = J[idx]
+            if self._jac is not None:
+                self._jac[idx] = J[idx]
             self.halvings[idx] = 0
             self.last_discrete[idx] = False
             stalled = self._newton(idx, r[idx], J[idx], settling[idx])
             self.pen[idx[settling[idx]]] += 1
             fail[idx[stalled]] = True
+            if self._secant:
+                enter = ~stalled & ~settling[idx] & ~self.no_line[idx]
+                self.no_line[idx] = False
+                line = idx[enter]
+                self.line[line] = True
+                self.t_a[line] = 0.0
+                self.r_a[line] = r[line, 0] / self.scale[0]
+                self.t_b[line] = 1.0
+                self.line_steps[line] = 0
         if bool(backtrack.any()):
             idx = backtrack.nonzero().squeeze(1)
             self.X[idx] = self.X_prev[idx] + 0.5 * (self.X[idx] - self.X_prev[idx])
@@ -192,23 +248,52 @@ class NewtonPool:
             move &= ~(self.last_discrete & ~improved)
         if bool(move.any()) and self.space.factors:
             idx = move.nonzero().squeeze(1)
-            self.X[idx] = self._discrete_move(self.X_prev[idx], self.J_prev[idx], self.r_prev[idx])
+            assert self._jac is not None
+            self.X[idx] = self._discrete_move(self.X_prev[idx], self._jac[idx], self.r_prev[idx])
             self.moves[idx] += 1
             self.age[idx] = 0
             self.halvings[idx] = 0
             self.last_discrete[idx] = True
+            self.line[idx] = False
             if self.cols.numel():
                 self.rn_prev[idx] = float("inf")
             fail[idx] = False
 
         accepted_X = self.X[accept].numpy().copy()
         accepted_F = F[accept].numpy().copy()
+        self.line[fail] = False
         keep = ~(accept | fail)
         failed = int(fail.sum())
         self._keep(keep)
         return accepted_X, accepted_F, failed
 
     # -- moves ---------------------------------------------------------------------------------
+
+    def _secant_step(self, idx: torch.Tensor, rb: torch.Tensor) -> None:
+        """Move line rows ``idx`` (weighted residual ``rb`` at ``t_b``) by a secant step, or off the line."""
+        ta, tb, ra = self.t_a[idx], self.t_b[idx], self.r_a[idx]
+        denom = rb - ra
+        tn = tb - rb * (tb - ta) / denom
+        bracket = (rb * ra) < 0
+        progress = rb.abs() < 0.9 * ra.abs()
+        go = torch.isfinite(tn) & (denom != 0) & (bracket | progress) & (self.line_steps[idx] < _LINE_STEPS)
+        # Without a sign change the secant extrapolates: keep it within a few step lengths.
+        tn = torch.where(bracket, tn, tn.clamp(-1.0, 4.0))
+        tn = torch.where(go, tn, torch.where(rb.abs() < ra.abs(), tb, ta))
+        self.t_a[idx] = torch.where(go, tb, ta)
+        self.r_a[idx] = torch.where(go, rb, ra)
+        self.t_b[idx] = tn
+        self.line_steps[idx] += 1
+        stop = idx[~go]
+        self.line[stop] = False
+        self.rn_prev[stop] = float("inf")
+        self.halvings[stop] = 0
+        # Leaving at the base point means the line failed there: the next step there is a plain one.
+        self.no_line[stop] = tn[~go] == 0.0
+        X = self.base[idx]
+        x = torch.minimum(torch.maximum(X[:, self.cols].double() + tn[:, None] * self.dir[idx], self._lo), self._hi)
+        X[:, self.cols] = x.float()
+        self.X[idx] = X
 
     def _newton(self, idx: torch.Tensor, r: torch.Tensor, J: torch.Tensor, settling: torch.Tensor) -> torch.Tensor:
         """Take a projected Gauss–Newton step for rows ``idx``; True where the step is zero."""
@@ -234,6 +319,8 @@ class NewtonPool:
         big = du.abs().amax(dim=1, keepdim=True)
         du = du * torch.clamp(_STEP_CAP / big.clamp_min(1e-300), max=1.0)
         stalled = ~(big.squeeze(1) > 1e-9) & ~settling
+        self.base[idx] = X
+        self.dir[idx] = du * self.width
         x = torch.minimum(torch.maximum(x + du * self.width, self._lo), self._hi)
         X[:, self.cols] = x.float()  # float32 bounds are exact, so rounding stays inside them
         self.X[idx] = X
@@ -302,20 +389,14 @@ class NewtonPool:
     def _keep(self, keep: torch.Tensor) -> None:
         if bool(keep.all()):
             return
-        for name in (
-            "X",
-            "aims",
-            "X_prev",
-            "r_prev",
-            "rn_prev",
-            "J_prev",
-            "age",
-            "halvings",
-            "moves",
-            "pen",
-            "last_discrete",
-        ):
-            setattr(self, name, getattr(self, name)[keep])
+        self._rows, self._f64, self._int, self._flags = (
+            self._rows[keep],
+            self._f64[keep],
+            self._int[keep],
+            self._flags[keep],
+        )
+        if self._jac is not None:
+            self._jac = self._jac[keep]
 
 
 def _min_norm_step(Ju: torch.Tensor, rt: torch.Tensor) -> torch.Tensor:

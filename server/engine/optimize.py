@@ -45,13 +45,13 @@ def optimize(ctx: Context, *, probe_passes: int | None = None) -> Driver:
     penalize = ctx.penalty is not None and ctx.weight > 0
     config = NewtonConfig(
         center=True,
-        max_age=12,
+        max_age=20,
         discrete_moves=2 * factors + 2 if factors else 0,
         penalty_steps=_PENALTY_STEPS if penalize else 0,
         penalty_rate=ctx.weight / (1.0 + ctx.weight),
     )
     pool = NewtonPool(ctx.space, ctx.targets, ctx.run, config, ctx.penalty)
-    cost = 1 + ctx.targets.outputs
+    cost = 2 + ctx.targets.outputs  # a gradient sub-pass (1 + m) and a forward-only one
     cap = _FIRST_POOL
     found = passes = 0
     history: list[float] = []

@@ -83,10 +83,13 @@ class Prior:
         return np.zeros(digits.shape[0])
 
     def _sample_continuous(self, rng: np.random.Generator, k: int) -> np.ndarray:
-        lo = self.space.lower[self._continuous].astype(np.float64)
-        hi = self.space.upper[self._continuous].astype(np.float64)
-        X = (lo + rng.random((k, lo.size)) * (hi - lo)).astype(np.float32)
-        return np.clip(X, self.space.lower[self._continuous], self.space.upper[self._continuous])
+        lo = self.space.lower[self._continuous]
+        hi = self.space.upper[self._continuous]
+        # float32 draws: the model sees float32 anyway, and they cost half as much.
+        X = rng.random((k, lo.size), dtype=np.float32)
+        X *= hi - lo
+        X += lo
+        return np.clip(X, lo, hi, out=X)
 
     def _sample_factor(self, rng: np.random.Generator, j: int, k: int) -> np.ndarray:
         return rng.integers(0, self.space.factors[j].levels, size=k)

@@ -80,13 +80,17 @@ class Run:
         Raises:
             CancelledError: The stop event is set.
         """
-        if self.stop is not None and self.stop.is_set():
-            raise CancelledError("the Invert run was cancelled")
+        self.raise_if_cancelled()
         if self.passes + cost > self.max_passes:
             self.spent = "passes"
         elif self.elapsed >= self.max_seconds:
             self.spent = "time"
         return self.spent is None
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`CancelledError` when the stop event is set (between the passes of one step, too)."""
+        if self.stop is not None and self.stop.is_set():
+            raise CancelledError("the Invert run was cancelled")
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         """One batched forward pass without gradients: ``k x d`` float32 → ``k x m`` float32."""

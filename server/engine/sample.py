@@ -40,13 +40,14 @@ from preimage.server.engine.optimize import optimize
 __all__ = ["A_FLOOR", "A_TARGET", "PILOT", "W_MAX", "sample"]
 
 PILOT = 8192
-A_TARGET = 0.02
+"""Most rows of the pilot (it is sized to the patterns wanted, at least 1024)."""
+A_TARGET = 0.01
 A_FLOOR = 0.002
-W_MAX = 0.05
+W_MAX = 0.02
 _SCREEN_MIN = 1024
 _SCREEN_MAX = 32768
 _PROBE_PASSES = 40
-_NEWTON_AGE = 8
+_NEWTON_AGE = 12
 
 
 def sample(ctx: Context) -> Driver:
@@ -54,7 +55,8 @@ def sample(ctx: Context) -> Driver:
     run, targets = ctx.run, ctx.targets
     if not run.check():
         return Outcome.BUDGET
-    X0 = ctx.prior.sample(ctx.rng, PILOT)
+    pilot = int(min(PILOT, max(_SCREEN_MIN, 2 * ctx.collector.remaining / A_TARGET)))
+    X0 = ctx.prior.sample(ctx.rng, pilot)
     F0 = run.forward(torch.from_numpy(X0)).numpy()
     spread = _spread(F0, targets.scale)
     D0 = (targets.inner_distance(F0) / spread).max(axis=1)
@@ -79,9 +81,22 @@ def sample(ctx: Context) -> Driver:
     if ctx.space.free_continuous.any() and hit0.mean() < A_TARGET:
         w = _window(D0)
     pool = NewtonPool(ctx.space, targets, run, NewtonConfig(center=False, max_age=_NEWTON_AGE))
-    screened = PILOT
-    cost = 1 + targets.outputs
+    window = ~hit0 & (D0 <= w)
+    if window.any():  # the pilot's window rows are draws like any other: project them too
+        pool.add(torch.from_numpy(X0[window]), torch.from_numpy(_levels(ctx, int(window.sum()))))
+    screened = pilot
+    cost = 2 + targets.outputs  # a gradient sub-pass (1 + m) and a forward-only one
     while True:
+        while len(pool):
+            if not run.check(cost):
+                return Outcome.BUDGET
+            Xa, Fa, _ = pool.step()
+            Xa, Fa = ctx.thin(Xa, Fa)
+            if Xa.shape[0]:
+                found += Xa.shape[0]
+                yield Xa, Fa
+                if ctx.collector.done:
+                    return Outcome.DONE
         rate = max(found, 1) / screened
         size = int(min(_SCREEN_MAX, max(_SCREEN_MIN, 2 ** math.ceil(math.log2(2 * ctx.collector.remaining / rate)))))
         if not run.check():
@@ -100,16 +115,6 @@ def sample(ctx: Context) -> Driver:
         window = ~inside & (D <= w)
         if window.any():
             pool.add(torch.from_numpy(X[window]), torch.from_numpy(_levels(ctx, int(window.sum()))))
-        while len(pool):
-            if not run.check(cost):
-                return Outcome.BUDGET
-            Xa, Fa, _ = pool.step()
-            Xa, Fa = ctx.thin(Xa, Fa)
-            if Xa.shape[0]:
-                found += Xa.shape[0]
-                yield Xa, Fa
-                if ctx.collector.done:
-                    return Outcome.DONE
 
 
 def _levels(ctx: Context, k: int) -> np.ndarray:

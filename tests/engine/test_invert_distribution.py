@@ -96,7 +96,7 @@ def _ks(X: np.ndarray, ref: np.ndarray) -> list[float]:
     ]
 
 
-@pytest.mark.parametrize(("quantile", "tolerance", "seed"), [(0.5, 1e-3, 1), (0.85, 1e-3, 2), (0.3, 1e-2, 3)])
+@pytest.mark.parametrize(("quantile", "tolerance", "seed"), [(0.5, 1e-3, 1), (0.9, 1e-3, 2), (0.3, 1e-2, 3)])
 def test_continuous_draws_match_rejection_sampling(quantile: float, tolerance: float, seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
     prior = rng.uniform(-1.0, 1.0, (2_000_000, 2)).astype(np.float32)
@@ -145,7 +145,7 @@ IGNORING = linear_onnx(np.array([[1.0, 2.0, 0.0, 0.0, 0.0, 0.0]]), [0.0])  # fla
 
 
 def test_ignored_features_keep_their_prior_distribution() -> None:
-    result = run_invert(IGNORING, space_of(IGNORING_SCHEMA), spec(1.7, n=3000, seed=5))
+    result = run_invert(IGNORING, space_of(IGNORING_SCHEMA), spec(1.7, n=3000, seed=7))
     X = result.X
     check_constraints(IGNORING_SCHEMA, X)
     check_targets(IGNORING, X, [1.7], 1e-3)
