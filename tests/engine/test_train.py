@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,14 +17,27 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+
+from preimage.errors import CancelledError, DeadlineExceededError, InvalidArgumentError
+from preimage.registry import Registry
 from preimage.registry.schema import FeatureKind, FeatureSchema
 from preimage.server.engine import export as export_module
 from preimage.server.engine.data import Table, build_table
 from preimage.server.engine.export import SCHEMA_METADATA_KEY, ExportError, export_onnx
+from preimage.server.engine.invert import invert
+from preimage.server.engine.space import InputSpace
 from preimage.server.engine.train import split_indices, train
-from preimage.server.engine.types import TrainedModel, TrainProgress, TrainSpec, TrainWarning
-
-from preimage.errors import CancelledError, DeadlineExceededError, InvalidArgumentError
+from preimage.server.engine.types import (
+    InvertSpec,
+    InvertStatus,
+    InvertSummary,
+    PatternBatch,
+    TargetSpec,
+    TrainedModel,
+    TrainProgress,
+    TrainSpec,
+    TrainWarning,
+)
 from tests.models import onnx_eval
 
 FEATURES = tuple(f"x{i}" for i in range(10))
@@ -93,27 +107,27 @@ def test_onnx_predicts_raw_units_and_reproduces_the_metrics(difficulty: Any) -> 
     np.testing.assert_allclose(metrics.r2, 1 - np.sum(error**2) / np.sum((y - y.mean()) ** 2), rtol=1e-6)
 
 
-def _newton_preimage(model: bytes, target: float, starts: np.ndarray, steps: int = 30) -> np.ndarray:
-    """Projected Newton on the ONNX model in [0, 1]^d (forward differences, onnxruntime only)."""
-    X = starts.copy()
-    n, d = X.shape
-    h = 1e-3
-    for _ in range(steps):
-        probes = np.concatenate([X, *(X + h * np.eye(d)[i] for i in range(d))])
-        out = onnx_eval(model, probes)[:, 0].astype(np.float64).reshape(d + 1, n)
-        residual = out[0] - target
-        grad = ((out[1:] - out[0]) / h).T
-        X = np.clip(X - (residual / np.maximum((grad**2).sum(axis=1), 1e-12))[:, None] * grad, 0.0, 1.0)
-    hit = np.abs(onnx_eval(model, X)[:, 0] - target) <= 1e-2
-    return X[hit]
-
-
 @pytest.mark.parametrize("target", [3.0, 5.0, 7.0])
-def test_inverted_patterns_reach_the_target_under_the_true_function(difficulty: Any, target: float) -> None:
+def test_inverted_patterns_reach_the_target_under_the_true_function(
+    difficulty: Any, target: float, tmp_path: Path
+) -> None:
+    """Register the trained model as the Train RPC does, invert it with the engine, judge with the truth."""
     _, _, _, trained = difficulty
-    starts = np.random.default_rng(int(target)).uniform(0, 1, (200, len(FEATURES)))
-    patterns = _newton_preimage(trained.onnx_bytes, target, starts)
-    assert len(patterns) >= 180
+    registry = Registry.open(tmp_path)
+    try:
+        record = registry.register_bytes(
+            "difficulty", trained.onnx_bytes, schema=trained.schema, statistics=trained.statistics
+        )
+        loaded = registry.load(record)
+        space = InputSpace.from_schema(loaded.schema)  # bounds come from the inferred schema
+        spec = InvertSpec(targets=(TargetSpec(value=target),), n=200, seed=int(target))
+        events = list(invert(loaded.module, space, spec, statistics=loaded.statistics))
+    finally:
+        registry.close()
+    summary = events[-1]
+    assert isinstance(summary, InvertSummary) and summary.status is InvertStatus.COMPLETE
+    patterns = np.concatenate([e.inputs for e in events if isinstance(e, PatternBatch)]).astype(np.float64)
+    assert patterns.shape == (200, len(FEATURES))
     true_error = np.abs(true_difficulty(patterns) - target)
     assert np.mean(true_error <= 0.5) >= 0.95
 
