@@ -33,6 +33,20 @@ def check_servable(stubs: Stubs, ref: str, data: bytes, width: int) -> None:
     np.testing.assert_allclose(as_array(out.outputs), onnx_eval(data, X), rtol=1e-4, atol=1e-4)
 
 
+def assert_only_earlier_model_left(root: Path, data: bytes) -> None:
+    """Restart on ``root``: only difficulty:1 is listed, servable, with no orphan blob or temp file."""
+    with ServerProcess(root) as server:
+        server.wait_serving()
+        stubs = connect(server.address)
+        listed = stubs.registry.ListModels(registry_pb2.ListModelsRequest(all_versions=True)).models
+        assert [(m.name, m.version) for m in listed] == [("difficulty", 1)]
+        blobs, tmp = registry_files(root)
+        assert blobs == {f"{listed[0].sha256}.onnx"}, "no orphan blob after start-up clean-up"
+        assert tmp == set()
+        check_servable(stubs, "difficulty:1", data, 10)
+        stubs.channel.close()
+
+
 def wait_for(predicate: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -68,15 +82,7 @@ def test_sigkill_mid_upload(tmp_path: Path, example_model_bytes: bytes) -> None:
         uploader.join(120)
         stubs.channel.close()
 
-    with ServerProcess(root) as server:
-        server.wait_serving()
-        stubs = connect(server.address)
-        listed = stubs.registry.ListModels(registry_pb2.ListModelsRequest(all_versions=True)).models
-        assert [(m.name, m.version) for m in listed] == [("difficulty", 1)]
-        blobs, tmp = registry_files(root)
-        assert blobs == {f"{listed[0].sha256}.onnx"} and tmp == set()
-        check_servable(stubs, "difficulty", example_model_bytes, 10)
-        stubs.channel.close()
+    assert_only_earlier_model_left(root, example_model_bytes)
 
 
 @pytest.mark.parametrize("point", ["DELETE", "COMMIT"])
@@ -108,17 +114,8 @@ def test_sigkill_mid_delete_or_commit(tmp_path: Path, example_model_bytes: bytes
         caller.join(120)
         stubs.channel.close()
 
-    with ServerProcess(root) as server:
-        server.wait_serving()
-        stubs = connect(server.address)
-        listed = stubs.registry.ListModels(registry_pb2.ListModelsRequest(all_versions=True)).models
-        # DELETE: the index transaction had committed, so the model is gone; COMMIT: its row never landed.
-        assert [(m.name, m.version) for m in listed] == [("difficulty", 1)]
-        blobs, tmp = registry_files(root)
-        assert blobs == {f"{listed[0].sha256}.onnx"}, "no orphan blob after start-up clean-up"
-        assert tmp == set()
-        check_servable(stubs, "difficulty:1", example_model_bytes, 10)
-        stubs.channel.close()
+    # DELETE: the index transaction had committed, so the model is gone; COMMIT: its row never landed.
+    assert_only_earlier_model_left(root, example_model_bytes)
 
 
 def _expect_error(call: Any, into: list[BaseException]) -> None:
