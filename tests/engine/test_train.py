@@ -294,7 +294,7 @@ def test_cancel_from_another_thread_stops_promptly_and_produces_nothing() -> Non
 def test_time_budget_ends_training_with_the_best_model_so_far() -> None:
     X, columns = difficulty_columns(2000, seed=8)
     spec = TrainSpec(
-        name="budget", target_columns=("difficulty",), epochs=100_000, patience=100_000, seed=1, max_seconds=1.5
+        name="budget", target_columns=("difficulty",), epochs=100_000, patience=100_000, seed=1, max_seconds=2.0
     )
     events, trained = run(build_table(columns, spec), spec)
     assert 1 <= trained.epochs_run < 100_000
