@@ -40,7 +40,16 @@ from preimage.server.engine.data import Table, data_statistics, encode, infer_sc
 from preimage.server.engine.export import export_onnx
 from preimage.server.engine.types import OutputMetrics, TrainedModel, TrainProgress, TrainSpec, TrainWarning
 
-__all__ = ["ACTIVATIONS", "Rescale", "Standardize", "build_mlp", "split_indices", "train", "validate_train_spec"]
+__all__ = [
+    "ACTIVATIONS",
+    "Rescale",
+    "Standardize",
+    "TrainingDivergedError",
+    "build_mlp",
+    "split_indices",
+    "train",
+    "validate_train_spec",
+]
 
 ACTIVATIONS: Mapping[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "silu": nn.SiLU, "gelu": nn.GELU}
 """Hidden-layer activations by name."""
@@ -49,6 +58,19 @@ MAX_WIDTH = 65536
 MAX_LAYERS = 64
 _EVAL_ROWS = 65536  # rows per forward pass when evaluating, to bound activation memory
 _EXAMPLE_ROWS = 64  # rows used to trace and check the export
+
+
+class TrainingDivergedError(InvalidArgumentError):
+    """The validation loss was not finite from the first epoch on: the learning rate is too high."""
+
+    def __init__(self, epoch: int, loss: float, learning_rate: float) -> None:
+        super().__init__(
+            f"training diverged in epoch {epoch} (validation loss {loss}) before any epoch reached a finite "
+            f"loss; lower learning_rate (was {learning_rate:g})",
+            field="learning_rate",
+        )
+        self.epoch = epoch
+        self.loss = loss
 
 
 class _ColumnAffine(nn.Module):
@@ -166,6 +188,7 @@ def train(
 
     Raises:
         InvalidArgumentError: Invalid options (naming the field) or data contradicting overrides.
+        TrainingDivergedError: The validation loss was NaN or infinite before it was ever finite.
         CancelledError: ``stop`` was set; nothing is produced.
         DeadlineExceededError: ``max_seconds`` ran out before the first mini-batch.
     """
@@ -218,9 +241,13 @@ def train(
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
+        diverged = False
         if seen:
             epochs_run = epoch
             val_loss = _mse(core, X_val, Y_val)
+            diverged = not math.isfinite(val_loss)
+            if diverged and best_loss == math.inf:
+                raise TrainingDivergedError(epoch, val_loss, spec.learning_rate)
             if val_loss < best_loss:
                 best_loss, best_state, stale = val_loss, _snapshot(core), 0
             else:
@@ -236,8 +263,16 @@ def train(
                 validation_loss=val_loss,
                 best_validation_loss=best_loss,
                 elapsed_seconds=now - started,
-                eta_seconds=0.0 if out_of_time or stale >= spec.patience else eta,
+                eta_seconds=0.0 if out_of_time or diverged or stale >= spec.patience else eta,
             )
+        if diverged:
+            warning = TrainWarning(
+                f"training diverged in epoch {epoch} (validation loss {val_loss}); the model keeps the best "
+                f"weights so far; a lower learning_rate (was {spec.learning_rate:g}) may train further"
+            )
+            warnings.append(warning)
+            yield warning
+            break
         if out_of_time:
             if epochs_run == 0:
                 raise DeadlineExceededError(

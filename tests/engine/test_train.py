@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from preimage.server.engine.data import Table, build_table
 from preimage.server.engine.export import SCHEMA_METADATA_KEY, ExportError, export_onnx
 from preimage.server.engine.invert import invert
 from preimage.server.engine.space import InputSpace
-from preimage.server.engine.train import split_indices, train
+from preimage.server.engine.train import TrainingDivergedError, split_indices, train
 from preimage.server.engine.types import (
     InvertSpec,
     InvertStatus,
@@ -259,6 +260,33 @@ def test_same_seed_same_model_without_touching_global_rng() -> None:
     np.testing.assert_array_equal(onnx_eval(first.onnx_bytes, X), onnx_eval(second.onnx_bytes, X))
     assert first.metrics == second.metrics
     assert not all(np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_divergence_from_the_start_is_an_error_naming_the_learning_rate() -> None:
+    _, columns = difficulty_columns(300)
+    spec = TrainSpec(name="diverge", target_columns=("difficulty",), learning_rate=1e8, epochs=5, seed=0)
+    with pytest.raises(TrainingDivergedError) as info:
+        run(build_table(columns, spec), spec)
+    assert info.value.field == "learning_rate" and info.value.epoch == 1
+
+
+def test_divergence_later_keeps_the_best_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A validation loss that turns NaN in epoch 3 ends training with epoch 2's weights and a warning."""
+    module = sys.modules["preimage.server.engine.train"]  # the package attribute `train` is the function
+    real_mse, calls = module._mse, []
+
+    def mse_nan_from_epoch_3(*args: Any) -> float:
+        calls.append(1)
+        return real_mse(*args) if len(calls) < 3 else float("nan")
+
+    monkeypatch.setattr(module, "_mse", mse_nan_from_epoch_3)
+    X, columns = difficulty_columns(300)
+    spec = TrainSpec(name="diverge", target_columns=("difficulty",), hidden_sizes=(8,), epochs=10, seed=0)
+    events, trained = run(build_table(columns, spec), spec)
+    progress = [e for e in events if isinstance(e, TrainProgress)]
+    assert [p.epoch for p in progress] == [1, 2, 3] and trained.epochs_run == 3
+    assert "diverged in epoch 3" in events[-2].message
+    assert np.isfinite(onnx_eval(trained.onnx_bytes, X)).all()
 
 
 # -- cancellation and budget -----------------------------------------------------------------
