@@ -128,7 +128,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             call.model_ref = spec.name
             registry = self.runtime.registry()
             await self.runtime.run(registry.check_name, spec.name)
-            builder = TableBuilder(spec, min_rows=settings.train_min_rows)
+            # total_rows sizes the column buffers once; a wrong hint only costs a regrowth.
+            builder = TableBuilder(
+                spec, min_rows=settings.train_min_rows, expected_rows=first.config.total_rows or None
+            )
             index = 0
             async for message in messages:
                 if message.WhichOneof("payload") != "data":

@@ -71,6 +71,10 @@ ColumnData: TypeAlias = np.ndarray | Sequence[Any]
 # -- errors ----------------------------------------------------------------------------------
 
 
+MAX_PREALLOCATED_ROWS = 1_000_000
+"""Most rows a client's ``expected_rows`` hint may preallocate."""
+
+
 class BadCellError(InvalidArgumentError):
     """A cell of the table cannot be used.
 
@@ -216,7 +220,8 @@ class TableBuilder:
         self._overrides = _overrides_by_name(spec.feature_overrides)
         self._categorical = _categorical_set(spec, self._overrides)
         _check_column_lists(spec, self._categorical)
-        self._capacity = max(int(expected_rows or 0), 0)
+        # The hint comes from the client: trust it only up to a modest buffer, then grow as rows arrive.
+        self._capacity = min(max(int(expected_rows or 0), 0), MAX_PREALLOCATED_ROWS)
         self._rows = 0
         self._chunks = 0
         self._finished = False
