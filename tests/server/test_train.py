@@ -140,3 +140,11 @@ def test_cancel_training_registers_nothing(server: RunningServer, stubs: Stubs) 
     time.sleep(1.0)
     assert time.process_time() - cpu < 0.5
     assert threading.active_count() < 100
+
+
+def test_absurd_total_rows_hint_is_harmless(stubs: Stubs) -> None:
+    X, walls, theme, y = table(200)
+    requests = list(train_requests(X, walls, theme, y, name="hinted", epochs=2))
+    requests[0].config.total_rows = 10**15  # a client's wrong hint must not allocate petabytes
+    events = list(stubs.inference.Train(iter(requests), timeout=120))
+    assert events[-1].result.model.name == "hinted" and events[-1].result.rows == 200
