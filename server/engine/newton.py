@@ -65,6 +65,9 @@ class NewtonConfig:
         discrete_moves: Discrete moves a row may make (0: none, as in sample mode).
         penalty_steps: Passes a hitting row spends on the in-distribution penalty first.
         penalty_rate: Share ``c`` of the way to the penalty's minimum per step.
+        fan_out: Lines a fresh start's first gradient serves (one output; optimize mode): the
+            Newton line and ``fan_out − 1`` lines at random angles of up to 60° from it, each
+            with its own Newton step length, so one backward pass yields several patterns.
     """
 
     center: bool
@@ -73,6 +76,7 @@ class NewtonConfig:
     discrete_moves: int = 0
     penalty_steps: int = 0
     penalty_rate: float = 0.0
+    fan_out: int = 1
 
 
 class NewtonPool:
@@ -84,6 +88,7 @@ class NewtonPool:
         run: Counts passes and tracks the closest output.
         config: Step policy.
         penalty: In-distribution penalty, used when ``config.penalty_steps > 0``.
+        rng: Source of the fan-out directions (needed when ``config.fan_out > 1``).
     """
 
     def __init__(
@@ -93,6 +98,7 @@ class NewtonPool:
         run: Run,
         config: NewtonConfig,
         penalty: InDistributionPenalty | None = None,
+        rng: np.random.Generator | None = None,
     ) -> None:
         self.space = space
         self.targets = targets
@@ -120,11 +126,13 @@ class NewtonPool:
         # residual at the gradient point, line direction, its norm, secant parameters), counters,
         # flags, and the Jacobian at the gradient point (kept only for discrete moves).
         self._rows = torch.empty(0, 3, d)
-        self._f64 = torch.empty(0, 2 * m + k + 4, dtype=torch.float64)
+        self._f64 = torch.empty(0, 2 * m + k + 5, dtype=torch.float64)
         self._int = torch.empty(0, 5, dtype=torch.long)
         self._flags = torch.empty(0, 3, dtype=torch.bool)
         self._jac: torch.Tensor | None = torch.empty(0, m, d) if space.factors else None
         self._secant = m == 1 and config.penalty_steps == 0
+        self._fan_out = config.fan_out if self._secant and k > 1 else 1
+        self._rng = rng
         self._penalty_target = _PenaltyTarget.build(space, penalty) if config.penalty_steps > 0 else None
 
     # Views into the packed state (valid until the next add or drop).
@@ -136,6 +144,7 @@ class NewtonPool:
     dir = property(
         lambda self: self._f64[:, 2 * self._m : 2 * self._m + self._k], doc="Line directions (free columns)."
     )
+    slope = property(lambda self: self._f64[:, -5], doc="Weighted residual's derivative along the line at 0.")
     rn_prev = property(lambda self: self._f64[:, -4], doc="Weighted residual norms at ``X_prev``.")
     t_a = property(lambda self: self._f64[:, -3], doc="Previous line parameter.")
     r_a = property(lambda self: self._f64[:, -2], doc="Weighted residual at ``t_a``.")
@@ -174,131 +183,214 @@ class NewtonPool:
     def step(self) -> tuple[np.ndarray, np.ndarray, int]:
         """One pass over the pool (call :meth:`Run.check` first).
 
+        Rows on a secant line get a forward pass, the others a forward and a backward pass;
+        each block is handled with its state gathered once and scattered back once.
+
         Returns:
             Accepted rows (``a x d`` float32), their outputs (``a x m`` float32), and how many
             rows failed and left the pool.
         """
-        cfg = self.config
-        on_line = self.line.clone()
-        grad = ~on_line
-        P, m, d = len(self), self.targets.outputs, self.space.width
-        F = torch.empty(P, m)
-        J = torch.zeros(P, m, d)
-        if bool(grad.any()):
-            F[grad], J[grad] = self.run.forward_jacobian(self.X[grad])
-        if bool(on_line.any()):
-            self.run.raise_if_cancelled()
-            F[on_line] = self.run.forward(self.X[on_line])
+        line = self.line
+        li = line.nonzero().squeeze(1)
+        gi = (~line).nonzero().squeeze(1)
+        self._int[:, 0] += 1  # age
+        accepted: list[tuple[torch.Tensor, torch.Tensor]] = []
+        failed: list[torch.Tensor] = []
+        stuck = torch.empty(0, dtype=torch.long)
+        if gi.numel():
+            F, J = self.run.forward_jacobian(self.X.index_select(0, gi))
+            stuck = self._gradient_block(gi, F, J, accepted, failed)
+        if li.numel():
+            if gi.numel():
+                self.run.raise_if_cancelled()
+            F = self.run.forward(self.X.index_select(0, li))
+            self._line_block(li, F, accepted, failed)
+        fail = torch.zeros(len(self), dtype=torch.bool)
+        for idx in failed:
+            fail[idx] = True
+        self._discrete_moves(fail, stuck)
+        keep = ~fail
+        index = torch.cat([a[0] for a in accepted]) if accepted else torch.empty(0, dtype=torch.long)
+        outputs = torch.cat([a[1] for a in accepted]) if accepted else torch.empty(0, self._m)
+        order = torch.argsort(index)  # pool order, whichever block a row came from
+        index, outputs = index[order], outputs[order]
+        keep[index] = False
+        accepted_X = self.X.index_select(0, index).numpy().copy()
+        n_failed = int(fail.sum())
+        self.line[fail] = False
+        self._keep(keep)
+        return accepted_X, outputs.numpy().copy(), n_failed
+
+    def _residual(self, idx: torch.Tensor, F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Residuals to the aims, their weighted norms, and which rows hit (rows ``idx``, outputs ``F``)."""
         Fd = F.double()
         aim = torch.minimum(torch.maximum(Fd, self._aim_lo), self._aim_hi)
-        if cfg.center:
+        if self.config.center:
             aim = torch.where(self._is_range, aim, self._value)
-        aim = torch.where(torch.isnan(self.aims), aim, self.aims)
+        own = self.aims.index_select(0, idx)
+        aim = torch.where(torch.isnan(own), aim, own)
         r = Fd - aim
         rn = (r / self.scale).norm(dim=1)
         rn = torch.where(torch.isfinite(rn), rn, torch.full_like(rn, float("inf")))
         hit = ((Fd >= self._inner_lo) & (Fd <= self._inner_hi)).all(dim=1)  # NaN compares False
-        accept = hit & (self.pen >= cfg.penalty_steps)
-        improved = torch.isfinite(rn) & (rn < self.rn_prev * (1.0 - _PROGRESS))
+        return r, rn, hit
+
+    def _line_block(
+        self,
+        li: torch.Tensor,
+        F: torch.Tensor,
+        accepted: list[tuple[torch.Tensor, torch.Tensor]],
+        failed: list[torch.Tensor],
+    ) -> None:
+        """Rows on a secant line: accept, take the next secant step, or fail with age."""
+        r, _, hit = self._residual(li, F)
+        old = self.age.index_select(0, li) > self.config.max_age
+        accepted.append((li[hit], F[hit]))
+        failed.append(li[~hit & old])
+        go = ~hit & ~old
+        if bool(go.any()):
+            self._secant_step(li[go], r[go, 0] / self.scale[0])
+
+    def _gradient_block(
+        self,
+        gi: torch.Tensor,
+        F: torch.Tensor,
+        J: torch.Tensor,
+        accepted: list[tuple[torch.Tensor, torch.Tensor]],
+        failed: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Rows with a fresh gradient: accept, Newton step, backtrack or fail.
+
+        Returns:
+            Rows (pool indices) whose last discrete move did not help (all-discrete spaces).
+        """
+        cfg = self.config
+        r, rn, hit = self._residual(gi, F)
+        f64, ints, flags = self._f64.index_select(0, gi), self._int.index_select(0, gi), self._flags.index_select(0, gi)
+        rn_prev, age, halvings, pen = f64[:, -4], ints[:, 0], ints[:, 1], ints[:, 3]
+        last_discrete, no_line = flags[:, 0], flags[:, 2]
+        accept = hit & (pen >= cfg.penalty_steps)
+        improved = torch.isfinite(rn) & (rn < rn_prev * (1.0 - _PROGRESS))
         settling = hit & ~accept
         # A row the penalty step moved off the target is corrected by Newton, whatever its residual did.
-        correcting = ~hit & (self.pen > 0)
-        take = (improved | settling | correcting) & ~accept & grad
-        backtrack = ~take & ~accept & grad & ~self.last_discrete & torch.isfinite(self.rn_prev)
-        backtrack &= self.halvings < cfg.max_halvings
-        self._int[:, 0] += 1  # age
-        fail = ~accept & grad & ~take & ~backtrack
-        fail |= ~accept & ~settling & (self.age > cfg.max_age)
+        correcting = ~hit & (pen > 0)
+        take = (improved | settling | correcting) & ~accept
+        backtrack = ~take & ~accept & ~last_discrete & torch.isfinite(rn_prev) & (halvings < cfg.max_halvings)
+        fail = ~accept & ~take & ~backtrack
+        fail |= ~accept & ~settling & (age > cfg.max_age)
         take &= ~fail
         backtrack &= ~fail
-        secant = on_line & ~accept & ~fail
-        if bool(secant.any()):
-            self._secant_step(secant.nonzero().squeeze(1), r[secant, 0] / self.scale[0])
+        accepted.append((gi[accept], F[accept]))
 
         if bool(take.any()):
-            idx = take.nonzero().squeeze(1)
-            self.X_prev[idx] = self.X[idx]
-            self.r_prev[idx] = r[idx]
-            self.rn_prev[idx] = rn[idx]
+            t = gi[take]
+            self.X_prev[t] = self.X.index_select(0, t)
+            self.r_prev[t] = r[take]
+            self.rn_prev[t] = rn[take]
             if self._jac is not None:
-                self._jac[idx] = J[idx]
-            self.halvings[idx] = 0
-            self.last_discrete[idx] = False
-            stalled = self._newton(idx, r[idx], J[idx], settling[idx])
-            self.pen[idx[settling[idx]]] += 1
-            fail[idx[stalled]] = True
+                self._jac[t] = J[take]
+            self.halvings[t] = 0
+            self.last_discrete[t] = False
+            stalled, slope, grad_u = self._newton(t, r[take], J[take], settling[take])
+            self.pen[t[settling[take]]] += 1
+            fail[take.nonzero().squeeze(1)[stalled]] = True
             if self._secant:
-                enter = ~stalled & ~settling[idx] & ~self.no_line[idx]
-                self.no_line[idx] = False
-                line = idx[enter]
+                enter = ~stalled & ~settling[take] & ~no_line[take]
+                self.no_line[t] = False
+                line = t[enter]
                 self.line[line] = True
                 self.t_a[line] = 0.0
-                self.r_a[line] = r[line, 0] / self.scale[0]
+                self.r_a[line] = r[take][enter, 0] / self.scale[0]
                 self.t_b[line] = 1.0
+                self.slope[line] = slope[enter]
                 self.line_steps[line] = 0
+                fresh = enter & (age[take] == 1)
+                if self._fan_out > 1 and bool(fresh.any()):
+                    self._fan(t[fresh], r[take][fresh, 0] / self.scale[0], grad_u[fresh])
         if bool(backtrack.any()):
-            idx = backtrack.nonzero().squeeze(1)
-            self.X[idx] = self.X_prev[idx] + 0.5 * (self.X[idx] - self.X_prev[idx])
-            self._clamp(idx)
-            self.halvings[idx] += 1
-
-        move = fail & (self.moves < cfg.discrete_moves) & torch.isfinite(self.rn_prev)
+            b = gi[backtrack]
+            self.X[b] = self.X_prev[b] + 0.5 * (self.X[b] - self.X_prev[b])
+            self._clamp(b)
+            self.halvings[b] += 1
+        failed.append(gi[fail])
         if self.cols.numel() == 0:
             # All-discrete rows: a move that did not lower the residual ends the start.
-            move &= ~(self.last_discrete & ~improved)
-        if bool(move.any()) and self.space.factors:
-            idx = move.nonzero().squeeze(1)
-            assert self._jac is not None
-            self.X[idx] = self._discrete_move(self.X_prev[idx], self._jac[idx], self.r_prev[idx])
-            self.moves[idx] += 1
-            self.age[idx] = 0
-            self.halvings[idx] = 0
-            self.last_discrete[idx] = True
-            self.line[idx] = False
-            if self.cols.numel():
-                self.rn_prev[idx] = float("inf")
-            fail[idx] = False
+            return gi[fail & last_discrete & ~improved]
+        return torch.empty(0, dtype=torch.long)
 
-        accepted_X = self.X[accept].numpy().copy()
-        accepted_F = F[accept].numpy().copy()
-        self.line[fail] = False
-        keep = ~(accept | fail)
-        failed = int(fail.sum())
-        self._keep(keep)
-        return accepted_X, accepted_F, failed
+    def _discrete_moves(self, fail: torch.Tensor, stuck: torch.Tensor) -> None:
+        """Give failed rows with moves left a discrete move instead (clearing their ``fail``)."""
+        if not self.space.factors or self.config.discrete_moves == 0 or not bool(fail.any()):
+            return
+        move = fail & (self.moves < self.config.discrete_moves) & torch.isfinite(self.rn_prev)
+        move[stuck] = False
+        if not bool(move.any()):
+            return
+        idx = move.nonzero().squeeze(1)
+        assert self._jac is not None
+        self.X[idx] = self._discrete_move(self.X_prev[idx], self._jac[idx], self.r_prev[idx])
+        self.moves[idx] += 1
+        self.age[idx] = 0
+        self.halvings[idx] = 0
+        self.last_discrete[idx] = True
+        self.line[idx] = False
+        if self.cols.numel():
+            self.rn_prev[idx] = float("inf")
+        fail[idx] = False
 
     # -- moves ---------------------------------------------------------------------------------
 
     def _secant_step(self, idx: torch.Tensor, rb: torch.Tensor) -> None:
         """Move line rows ``idx`` (weighted residual ``rb`` at ``t_b``) by a secant step, or off the line."""
-        ta, tb, ra = self.t_a[idx], self.t_b[idx], self.r_a[idx]
+        # Gather each packed block once, update it, scatter it back once: this runs every pass.
+        f64, ints, flags = self._f64[idx], self._int[idx], self._flags[idx]
+        k = self._k
+        slope, _, ta, ra, tb = f64[:, -5], f64[:, -4], f64[:, -3], f64[:, -2], f64[:, -1]
+        steps = ints[:, 4]
         denom = rb - ra
         tn = tb - rb * (tb - ta) / denom
+        # First step on a line: r(0), r'(0) and r(1) are known, so the quadratic through them
+        # (Hermite) bends with the model where the secant would not.
+        first = steps == 0
+        if bool(first.any()):
+            tn = torch.where(first, _quadratic_root(ra, slope, rb, tn), tn)
         bracket = (rb * ra) < 0
         progress = rb.abs() < 0.9 * ra.abs()
-        go = torch.isfinite(tn) & (denom != 0) & (bracket | progress) & (self.line_steps[idx] < _LINE_STEPS)
+        go = torch.isfinite(tn) & (denom != 0) & (bracket | progress) & (steps < _LINE_STEPS)
         # Without a sign change the secant extrapolates: keep it within a few step lengths.
         tn = torch.where(bracket, tn, tn.clamp(-1.0, 4.0))
         tn = torch.where(go, tn, torch.where(rb.abs() < ra.abs(), tb, ta))
-        self.t_a[idx] = torch.where(go, tb, ta)
-        self.r_a[idx] = torch.where(go, rb, ra)
-        self.t_b[idx] = tn
-        self.line_steps[idx] += 1
-        stop = idx[~go]
-        self.line[stop] = False
-        self.rn_prev[stop] = float("inf")
-        self.halvings[stop] = 0
-        # Leaving at the base point means the line failed there: the next step there is a plain one.
-        self.no_line[stop] = tn[~go] == 0.0
-        X = self.base[idx]
-        x = torch.minimum(torch.maximum(X[:, self.cols].double() + tn[:, None] * self.dir[idx], self._lo), self._hi)
+        stop = ~go
+        f64[:, -3] = torch.where(go, tb, ta)
+        f64[:, -2] = torch.where(go, rb, ra)
+        f64[:, -1] = tn
+        # Leaving the line: the next pass takes a gradient, counting as progress; leaving at the
+        # base point means the line failed there, so the next step there is a plain one.
+        f64[:, -4] = torch.where(stop, torch.full_like(tn, float("inf")), f64[:, -4])
+        ints[:, 4] += 1
+        ints[:, 1] = torch.where(stop, torch.zeros_like(ints[:, 1]), ints[:, 1])
+        flags[:, 1] = go
+        flags[:, 2] = stop & (tn == 0.0)
+        self._f64[idx], self._int[idx], self._flags[idx] = f64, ints, flags
+        X = self.base.index_select(0, idx)
+        direction = f64[:, 2 * self._m : 2 * self._m + k]
+        x = torch.minimum(torch.maximum(X[:, self.cols].double() + tn[:, None] * direction, self._lo), self._hi)
         X[:, self.cols] = x.float()
         self.X[idx] = X
 
-    def _newton(self, idx: torch.Tensor, r: torch.Tensor, J: torch.Tensor, settling: torch.Tensor) -> torch.Tensor:
-        """Take a projected Gauss–Newton step for rows ``idx``; True where the step is zero."""
+    def _newton(
+        self, idx: torch.Tensor, r: torch.Tensor, J: torch.Tensor, settling: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Take a projected Gauss–Newton step for rows ``idx``.
+
+        Returns:
+            True where the step is zero; the first output's weighted residual derivative along
+            the step (``r̃'(0)``, −r̃ for an unconstrained full step); and that output's weighted
+            gradient in scaled coordinates, zero on columns held at a bound.
+        """
         if self.cols.numel() == 0:
-            return torch.ones(idx.shape[0], dtype=torch.bool)
+            none = torch.zeros(idx.shape[0], dtype=torch.float64)
+            return torch.ones(idx.shape[0], dtype=torch.bool), none, none[:, None]
         X = self.X[idx]
         x = X[:, self.cols].double()
         Ju = J[:, :, self.cols].double() * self.width / self.scale[:, None]
@@ -321,10 +413,51 @@ class NewtonPool:
         stalled = ~(big.squeeze(1) > 1e-9) & ~settling
         self.base[idx] = X
         self.dir[idx] = du * self.width
+        slope = (Ju[:, 0, :] * du).sum(dim=1)
         x = torch.minimum(torch.maximum(x + du * self.width, self._lo), self._hi)
         X[:, self.cols] = x.float()  # float32 bounds are exact, so rounding stays inside them
         self.X[idx] = X
-        return stalled
+        return stalled, slope, Ju[:, 0, :]
+
+    def _fan(self, idx: torch.Tensor, rt: torch.Tensor, g: torch.Tensor) -> None:
+        """Append ``fan_out − 1`` line rows per row ``idx``, sharing its base point and gradient.
+
+        Each new line leaves the base at a random angle θ ~ U(0°, 60°) from the gradient
+        (a random direction orthogonal to it, on the columns not held at a bound) and takes
+        the Newton step length along that direction, ``−r̃ / (∇r̃ · v)``.
+        """
+        assert self._rng is not None, "fan-out needs a random generator"
+        copies = self._fan_out - 1
+        k, n = idx.shape[0], g.shape[1]
+        parent = idx.repeat_interleave(copies)
+        g = g.repeat_interleave(copies, dim=0)
+        rt = rt.repeat_interleave(copies)
+        unit = g / g.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        e = torch.from_numpy(self._rng.standard_normal((k * copies, n))) * (g != 0)
+        e = e - (e * unit).sum(dim=1, keepdim=True) * unit
+        e = e / e.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        theta = torch.from_numpy(self._rng.random(k * copies)) * (torch.pi / 3)
+        v = torch.cos(theta)[:, None] * unit + torch.sin(theta)[:, None] * e
+        du = -(rt / (g * v).sum(dim=1).clamp_min(1e-300))[:, None] * v
+        big = du.abs().amax(dim=1, keepdim=True)
+        du = du * torch.clamp(_STEP_CAP / big.clamp_min(1e-300), max=1.0)
+        ok = torch.isfinite(du).all(dim=1) & (big.squeeze(1) > 1e-9)
+        parent, du, g = parent[ok], du[ok], g[ok]
+        if parent.numel() == 0:
+            return
+        rows, f64 = self._rows[parent], self._f64[parent]
+        ints, flags = self._int[parent], self._flags[parent]
+        base = rows[:, 2]
+        x = torch.minimum(torch.maximum(base[:, self.cols].double() + du * self.width, self._lo), self._hi)
+        rows[:, 0, self.cols] = x.float()
+        f64[:, 2 * self._m : 2 * self._m + self._k] = du * self.width
+        f64[:, -5] = (g * du).sum(dim=1)
+        self._rows = torch.cat([self._rows, rows])
+        self._f64 = torch.cat([self._f64, f64])
+        self._int = torch.cat([self._int, ints])
+        self._flags = torch.cat([self._flags, flags])
+        if self._jac is not None:
+            self._jac = torch.cat([self._jac, self._jac[parent]])
 
     def _clamp(self, idx: torch.Tensor) -> None:
         X = self.X[idx]
@@ -397,6 +530,21 @@ class NewtonPool:
         )
         if self._jac is not None:
             self._jac = self._jac[keep]
+
+
+def _quadratic_root(r0: torch.Tensor, s0: torch.Tensor, r1: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
+    """Root of the quadratic with value ``r0`` and slope ``s0`` at 0 and value ``r1`` at 1, nearest the linear one.
+
+    Where the quadratic has no real root (or is degenerate), ``fallback``.
+    """
+    c = r1 - r0 - s0
+    disc = s0 * s0 - 4.0 * c * r0
+    sq = torch.sqrt(disc.clamp_min(0.0))
+    # The root continuing the linear model's one (-r0 / s0): the numerically stable form.
+    q = -0.5 * (s0 + torch.sign(s0) * sq)
+    root = torch.where(q != 0, r0 / q, fallback)
+    ok = (disc >= 0) & torch.isfinite(root) & (s0 != 0)
+    return torch.where(ok, root, fallback)
 
 
 def _min_norm_step(Ju: torch.Tensor, rt: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,13 @@
 
 Starts are drawn from the prior (so discrete features start at prior draws and are
 held while the continuous columns are solved), moved by a :class:`NewtonPool`
-(minimum-norm Gauss–Newton steps aimed at the target value, discrete local moves
-when the continuous solve fails), and replaced by fresh prior draws when they hit
-or fail. The pool starts small (a first batch comes back after a few cheap passes)
-and doubles per pass up to :data:`MAX_POOL` rows.
+(minimum-norm Gauss–Newton steps aimed at the target value, forward-only secant
+steps along each Newton line for one output, discrete local moves when the
+continuous solve fails), and replaced by fresh prior draws when they hit or fail.
+For one output, a fresh start's first gradient serves :data:`_FAN_OUT` lines (the
+Newton line and others at random angles up to 60° from it), so one backward pass
+yields several patterns. The pool starts small (a first batch comes back after a
+few cheap passes) and doubles per pass up to :data:`MAX_POOL` rows.
 
 The target is declared unreachable when, with nothing found after at least
 :data:`_STALL_PASSES` passes, the closest output seen has not moved nearer (by a
@@ -25,12 +28,13 @@ from preimage.server.engine.newton import NewtonConfig, NewtonPool
 
 __all__ = ["MAX_POOL", "optimize"]
 
-MAX_POOL = 16384
+MAX_POOL = 8192
 _MIN_POOL = 64
 _FIRST_POOL = 256
 _STALL_PASSES = 24
 _STALL_WINDOW = 16
 _PENALTY_STEPS = 4
+_FAN_OUT = 4
 
 
 def optimize(ctx: Context, *, probe_passes: int | None = None) -> Driver:
@@ -49,8 +53,9 @@ def optimize(ctx: Context, *, probe_passes: int | None = None) -> Driver:
         discrete_moves=2 * factors + 2 if factors else 0,
         penalty_steps=_PENALTY_STEPS if penalize else 0,
         penalty_rate=ctx.weight / (1.0 + ctx.weight),
+        fan_out=_FAN_OUT,
     )
-    pool = NewtonPool(ctx.space, ctx.targets, ctx.run, config, ctx.penalty)
+    pool = NewtonPool(ctx.space, ctx.targets, ctx.run, config, ctx.penalty, ctx.rng)
     cost = 2 + ctx.targets.outputs  # a gradient sub-pass (1 + m) and a forward-only one
     cap = _FIRST_POOL
     found = passes = 0

@@ -126,15 +126,15 @@ class _Marginal:
             v[i] = max(v[i], v[i - 1] + eps)
         self.q, self.v = q, v
 
-    def cdf(self, x: np.ndarray) -> np.ndarray:
+    def cdf(self, x: np.ndarray | float) -> np.ndarray:
         if self.normal:
             return _ndtr((np.asarray(x, dtype=np.float64) - self.mean) / self.sd)
-        return np.interp(x, self.v, self.q)
+        return np.asarray(np.interp(x, self.v, self.q))
 
-    def ppf(self, u: np.ndarray) -> np.ndarray:
+    def ppf(self, u: np.ndarray | float) -> np.ndarray:
         if self.normal:
             return self.mean + self.sd * _ndtri(np.clip(u, 1e-15, 1.0 - 1e-15))
-        return np.interp(u, self.q, self.v)
+        return np.asarray(np.interp(u, self.q, self.v))
 
 
 class DataPrior(Prior):
