@@ -347,28 +347,40 @@ def table(results: list[dict[str, object]]) -> str:
 
 
 def plot(results: list[dict[str, object]], path: Path) -> None:
+    """Bars per task and method: valid patterns per second and r50 (both log scale; zeros marked)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = [str(r["task"]) for r in results]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     width = 0.2
-    for k, method in enumerate(METHODS):
-        rate = [r["methods"][method]["valid_per_second"] or 0.0 for r in results]  # type: ignore[index]
-        r50 = [r["methods"][method]["r50"] or np.nan for r in results]  # type: ignore[index]
-        xs = np.arange(len(tasks)) + (k - 1.5) * width
-        axes[0].bar(xs, np.maximum(rate, 1e-1), width, label=method)
-        axes[1].bar(xs, r50, width, label=method)
-    for ax, title in zip(
-        axes, ("valid patterns per second (log)", "r50: best re-simulation MSE of 50 (log)"), strict=True
-    ):
+    panels = (("valid_per_second", "valid patterns per second"), ("r50", "r50: best re-simulation MSE of 50"))
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for k, method in enumerate(METHODS):
+            values = [r["methods"][method][key] for r in results]  # type: ignore[index]
+            xs = np.arange(len(tasks)) + (k - 1.5) * width
+            heights = [v if v else np.nan for v in values]
+            ax.bar(xs, heights, width, label=method, color=f"C{k}")
+            for x, v in zip(xs, values, strict=True):
+                if v == 0:  # nothing to draw on a log scale: say so
+                    ax.annotate(
+                        "0",
+                        (x, 0),
+                        xycoords=("data", "axes fraction"),
+                        xytext=(0, 3),
+                        textcoords="offset points",
+                        ha="center",
+                        fontsize=8,
+                        color=f"C{k}",
+                    )
         ax.set_yscale("log")
         ax.set_xticks(np.arange(len(tasks)), tasks)
-        ax.set_title(title)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+        ax.set_title(f"{title} (log)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(METHODS), fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
 
@@ -381,7 +393,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "preimage-bench-models")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the plot (PNG) here")
+    parser.add_argument("--from-json", type=Path, default=None, help="only redraw table and plot from --out JSON")
     args = parser.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        print(table(saved["results"]))
+        if args.plot:
+            plot(saved["results"], args.plot)
+        return
     args.targets = 20 if args.quick else 200
     args.na_targets = 4 if args.quick else 40
     args.gd_targets = 2 if args.quick else 10

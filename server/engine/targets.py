@@ -5,7 +5,8 @@ target is its own interval. The engine accepts a pattern only when its output li
 in the *inner* interval, shrunk at each end by a margin ``δ`` (see :func:`margin`), so
 that another float32 runtime (onnxruntime, say), which sums in a different order,
 still finds it inside the full interval. Newton steps aim at the *aim* interval,
-shrunk by ``2δ``, so that the last step's linearization error stays inside.
+shrunk by ``2δ``, so that the last step's linearization error stays inside
+(:class:`~preimage.server.engine.newton.NewtonPool` reads these arrays).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from preimage.errors import InvalidArgumentError
 from preimage.server.engine.types import TargetSpec
@@ -151,28 +151,3 @@ class TargetSet:
         F = np.asarray(F, dtype=np.float64)
         err = np.where(np.isnan(self.value), self.distance(F), np.abs(F - self.value))
         return err.astype(np.float32)
-
-    def normalized_error(self, F: np.ndarray) -> np.ndarray:
-        """``k`` largest per-output distance to the accepted interval, in units of its half-width."""
-        return np.asarray((self.distance(F) / self.scale).max(axis=1))
-
-    # -- torch (pool work) ---------------------------------------------------------------------
-
-    def aim(self, F: torch.Tensor, *, center: bool) -> torch.Tensor:
-        """Where a Newton step should move each output.
-
-        Args:
-            F: ``k x m`` outputs.
-            center: Aim value targets at their value (optimize mode); otherwise every output
-                aims at the nearest point of its aim interval (sample mode: the shortest move).
-
-        Returns:
-            ``k x m`` float64 aims.
-        """
-        lo = torch.from_numpy(self.aim_lower)
-        hi = torch.from_numpy(self.aim_upper)
-        aim = torch.minimum(torch.maximum(F.double(), lo), hi)
-        if center:
-            value = torch.from_numpy(self.value)
-            aim = torch.where(torch.isnan(value), aim, value)
-        return aim
