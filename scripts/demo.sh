@@ -8,7 +8,7 @@ scripts/install.sh
 PREIMAGE="$PWD/.venv/bin/preimage"
 PORT="${PREIMAGE_DEMO_PORT:-$(.venv/bin/python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 export PREIMAGE_SERVER="127.0.0.1:${PORT}"
-"$PREIMAGE" serve --address "$PREIMAGE_SERVER" &
+"$PREIMAGE" serve --address "$PREIMAGE_SERVER" --log-level warning &
 SERVER_PID=$!
 trap 'kill -TERM "$SERVER_PID" 2>/dev/null; wait "$SERVER_PID" 2>/dev/null || true' EXIT
 "$PREIMAGE" health --wait 60
