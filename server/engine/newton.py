@@ -1,14 +1,18 @@
 """A pool of starts moved onto the target set by batched projected Gauss–Newton steps.
 
 Each :meth:`NewtonPool.step` is one forward pass and one backward pass per output
-over the whole pool. Per row it then does one of:
+over the rows that need a gradient, and one forward pass over the rows on a
+secant line. Per row it then does one of:
 
 * **accept** — the output is inside the inner target interval (the forward pass
   was on exactly this float32 row, so acceptance is already verified);
 * **secant** — for one output, a row that has just taken a Newton step stays on the
   line of that step and moves along it by secant steps, each needing only a
   forward pass (a third of a gradient pass), until it hits, stops progressing or
-  has taken :data:`_LINE_STEPS` of them; then it takes a gradient pass again;
+  has taken :data:`_LINE_STEPS` of them; then it takes a gradient pass again
+  (the first step on a line is the root of the quadratic through ``r(0)``,
+  ``r'(0)`` and ``r(1)``). With ``fan_out > 1`` a fresh start's first gradient
+  also seeds lines at random angles from the Newton direction (new pool rows);
 * **Newton** — the minimum-norm Gauss–Newton / Levenberg–Marquardt step
   ``Δu = −J̃ᵀ (J̃ J̃ᵀ + μI)⁻¹ r̃`` on the free continuous columns, in coordinates
   scaled to the unit box (``u = (x − lower) / width``) with outputs weighted by
