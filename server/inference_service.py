@@ -69,7 +69,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
         loaded = await self._load(request.model_ref)
         X = matrix_from_proto(request.inputs, "inputs")
-        outputs = await self.runtime.run(predict, loaded.module, X)
+        outputs = await self.runtime.run(predict, loaded.module, X, width=loaded.record.input_width)
         self.metrics.predict_rows.inc(X.shape[0])
         record = loaded.record
         return inference_pb2.PredictResponse(
@@ -98,7 +98,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             stop = threading.Event()
             context.add_done_callback(lambda _ctx: stop.set())
             try:
-                events = invert(loaded.module, space, spec, statistics=loaded.statistics, stop=stop)
+                # invert() validates and runs one forward pass before it returns: off the event loop too.
+                events = await self.runtime.run(
+                    invert, loaded.module, space, spec, statistics=loaded.statistics, stop=stop
+                )
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
                     if hasattr(event, "inputs"):
                         self.metrics.patterns.inc(len(event))
