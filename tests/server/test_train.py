@@ -148,3 +148,35 @@ def test_absurd_total_rows_hint_is_harmless(stubs: Stubs) -> None:
     requests[0].config.total_rows = 10**15  # a client's wrong hint must not allocate petabytes
     events = list(stubs.inference.Train(iter(requests), timeout=120))
     assert events[-1].result.model.name == "hinted" and events[-1].result.rows == 200
+
+
+@pytest.mark.slow
+def test_million_rows_by_twenty_columns_fit_the_message_limits(server: RunningServer, stubs: Stubs) -> None:
+    rows, features, chunk = 1_000_000, 20, 6_000  # 6,000 rows x 21 doubles ~ 1 MB per message
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal(features)
+
+    def requests() -> Iterator[inference_pb2.TrainRequest]:
+        config = inference_pb2.TrainConfig(
+            name="big-table",
+            target_columns=["y"],
+            hidden_sizes=[16],
+            epochs=1,
+            batch_size=8192,
+            seed=1,
+            total_rows=rows,
+        )
+        yield inference_pb2.TrainRequest(config=config)
+        for start in range(0, rows, chunk):
+            n = min(chunk, rows - start)
+            X = rng.random((n, features))
+            columns = [inference_pb2.Column(name=f"f{j}", numbers=X[:, j].tolist()) for j in range(features)]
+            columns.append(inference_pb2.Column(name="y", numbers=(X @ weights).tolist()))
+            message = inference_pb2.TrainRequest(data=inference_pb2.TrainDataChunk(columns=columns))
+            assert message.ByteSize() < 4 * 2**20  # under gRPC's default limit, let alone the server's
+            yield message
+
+    events = list(stubs.inference.Train(requests(), timeout=600))
+    result = events[-1].result
+    assert result.rows == rows and result.model.input_width == features
+    assert result.model.statistics.rows == rows
