@@ -337,6 +337,26 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
 # -- parser ---------------------------------------------------------------------------------
 
 
+def _connection_options(parser: argparse.ArgumentParser, *, with_defaults: bool) -> None:
+    """Add --server, --token, --tls-* and --timeout; on subcommands they only override when given."""
+
+    def default(value: object) -> object:
+        return value if with_defaults else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--server",
+        default=default(os.environ.get("PREIMAGE_SERVER", DEFAULT_SERVER)),
+        help=f"HOST:PORT of the server (env PREIMAGE_SERVER, default {DEFAULT_SERVER})",
+    )
+    parser.add_argument(
+        "--token", default=default(os.environ.get("PREIMAGE_TOKEN")), help="bearer token (env PREIMAGE_TOKEN)"
+    )
+    parser.add_argument("--tls-ca", default=default(None), help="PEM CA bundle: connect with TLS, trusting it")
+    parser.add_argument("--tls-cert", default=default(None), help="PEM client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", default=default(None), help="PEM client key (mutual TLS)")
+    parser.add_argument("--timeout", type=float, default=default(None), help="deadline of each call in seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``preimage`` argument parser (``serve`` is handed over before parsing)."""
     parser = argparse.ArgumentParser(
@@ -344,16 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="preimage: which inputs make a model output y? Client commands for a preimage server.",
         epilog="preimage serve --help shows the server's options. Exit statuses: see docs/cli.md.",
     )
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("PREIMAGE_SERVER", DEFAULT_SERVER),
-        help=f"HOST:PORT of the server (env PREIMAGE_SERVER, default {DEFAULT_SERVER})",
-    )
-    parser.add_argument("--token", default=os.environ.get("PREIMAGE_TOKEN"), help="bearer token (env PREIMAGE_TOKEN)")
-    parser.add_argument("--tls-ca", help="PEM CA bundle: connect with TLS, trusting it")
-    parser.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", help="PEM client key (mutual TLS)")
-    parser.add_argument("--timeout", type=float, help="deadline of each call in seconds")
+    _connection_options(parser, with_defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser("serve", help="run the server (needs the server extra); every argument goes to it", add_help=False)
@@ -450,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="print the server's health status (exit 0 when SERVING)")
     p.add_argument("--wait", type=float, metavar="SECONDS", help="wait up to SECONDS for SERVING")
     p.set_defaults(run=cmd_health)
+    # The connection options work after the command too (`preimage health --server H:P`).
+    for name, subparser in sub.choices.items():
+        if name != "serve":
+            _connection_options(subparser, with_defaults=False)
     return parser
 
 
