@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -180,3 +181,27 @@ def test_million_rows_by_twenty_columns_fit_the_message_limits(server: RunningSe
     result = events[-1].result
     assert result.rows == rows and result.model.input_width == features
     assert result.model.statistics.rows == rows
+
+
+def test_concurrent_train_limit(tmp_path: Path) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from preimage.server.app import start_server
+    from preimage.server.settings import Settings
+    from tests.server.conftest import connect
+
+    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0", max_concurrent_trains=1)
+    with start_server(settings) as running:
+        stubs = connect(running.address)
+        X, walls, theme, y = table(20000)
+        first = stubs.inference.Train(train_requests(X, walls, theme, y, name="slow", epochs=500), timeout=600)
+        next(first)  # training has started and holds the only slot
+        small = table(100)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stubs.inference.Train(train_requests(*small, name="second", epochs=2), timeout=60))
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        status = rpc_status.from_call(caught.value)
+        assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        first.cancel()
+        stubs.channel.close()
