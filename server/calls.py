@@ -13,6 +13,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,7 +26,7 @@ from preimage.server.logs import ACCESS_LOGGER
 from preimage.server.metrics import Metrics
 from preimage.server.status import status_for
 
-__all__ = ["REQUEST_ID_KEY", "Call", "rpc"]
+__all__ = ["REQUEST_ID_KEY", "Call", "rpc", "stop_event"]
 
 REQUEST_ID_KEY = "x-request-id"
 _access = logging.getLogger(ACCESS_LOGGER)
@@ -92,6 +93,18 @@ def rpc(name: str, model_ref: Callable[[Any], str] | None = None) -> Callable[[A
         return unary
 
     return decorate
+
+
+def stop_event(context: grpc.aio.ServicerContext) -> threading.Event:
+    """An event set when the RPC ends for any reason (done, cancelled, deadline), for engine work to poll."""
+    stop = threading.Event()
+
+    def on_done(_context: grpc.aio.ServicerContext) -> None:
+        stop.set()
+
+    # grpc-stubs types the callback as a private class; any one-argument callable is what grpc calls.
+    context.add_done_callback(on_done)  # type: ignore[arg-type]
+    return stop
 
 
 def _begin(name: str, request: Any, context: grpc.aio.ServicerContext, model_ref: Callable[[Any], str] | None) -> Call:

@@ -247,17 +247,17 @@ def invert_request_to_spec(
                 field=where,
             )
         bounds.append(BoundSpec(feature=bound.feature or None, lower=bound.lower, upper=bound.upper))
-    fixed = []
+    fixed: list[FixedSpec] = []
     for i, item in enumerate(request.fixed_features):
         where = f"fixed_features[{i}]"
         if not item.feature:
             raise InvalidArgumentError(f"{where}: name the feature to fix", field=where)
-        which = item.WhichOneof("value")
-        if which == "number":
+        value_kind = item.WhichOneof("value")
+        if value_kind == "number":
             if not math.isfinite(item.number):
                 raise InvalidArgumentError(f"{where}: value must be finite, got {item.number}", field=where)
             fixed.append(FixedSpec(feature=item.feature, value=item.number))
-        elif which == "level":
+        elif value_kind == "level":
             fixed.append(FixedSpec(feature=item.feature, level=item.level))
         else:
             raise InvalidArgumentError(f"{where}: give a number or a level for {item.feature!r}", field=where)

@@ -9,7 +9,6 @@ work within one engine step.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import grpc
 
 from preimage.errors import InvalidArgumentError, ResourceExhaustedError
-from preimage.server.calls import Call, rpc
+from preimage.server.calls import Call, rpc, stop_event
 from preimage.server.convert import (
     columns_from_chunk,
     invert_request_to_spec,
@@ -95,8 +94,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             record = loaded.record
             call.model_ref = f"{record.name}:{record.version}"
             space = await self.runtime.run(InputSpace.from_schema, loaded.schema, bounds=bounds, fixed=fixed)
-            stop = threading.Event()
-            context.add_done_callback(lambda _ctx: stop.set())
+            stop = stop_event(context)
             try:
                 # invert() validates and runs one forward pass before it returns: off the event loop too.
                 events = await self.runtime.run(
@@ -145,8 +143,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 await self.runtime.run(builder.add_chunk, columns_from_chunk(message.data, index))
                 index += 1
             table = await self.runtime.run(builder.finish)
-            stop = threading.Event()
-            context.add_done_callback(lambda _ctx: stop.set())
+            stop = stop_event(context)
             self.metrics.training_running.inc()
             outcome = "failed"
             try:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.typecheck import run_mypy
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,29 +26,5 @@ def test_client_imports_nothing_heavy() -> None:
 
 @pytest.mark.slow
 def test_mypy_strict_on_the_client(tmp_path: Path) -> None:
-    # mypy cannot follow the editable install's package-dir mapping, so lay the
-    # `preimage` namespace out as it is installed, with links into the checkout.
-    package = tmp_path / "preimage"
-    package.mkdir()
-    for name in ("__init__.py", "py.typed", "errors.py", "v1"):
-        (package / name).symlink_to(ROOT / "preimage" / name)
-    (package / "client").symlink_to(ROOT / "client")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--config-file",
-            str(ROOT / "pyproject.toml"),
-            "--cache-dir",
-            str(tmp_path / ".mypy_cache"),
-            "-p",
-            "preimage.client",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_mypy(tmp_path, "--strict", "-p", "preimage.client")
     assert result.returncode == 0, result.stdout + result.stderr
