@@ -25,7 +25,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from preimage.errors import PreimageError
 from preimage.server.auth import TokenAuthInterceptor
 from preimage.server.inference_service import InferenceServicer
 from preimage.server.metrics import Metrics
@@ -157,7 +156,7 @@ class PreimageServer:
             try:
                 await self.runtime.run(self._registry.check_readable)
                 healthy = True
-            except PreimageError as exc:
+            except Exception as exc:  # any failure to read the index means: do not route traffic here
                 healthy = False
                 if serving:
                     log.error("registry unreadable, reporting NOT_SERVING: %s", exc)
@@ -168,7 +167,6 @@ class PreimageServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls run up to ``grace`` seconds, cancel the rest."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        self.runtime.draining = True
         await self.health.enter_graceful_shutdown()
         if self._monitor is not None:
             self._monitor.cancel()

@@ -59,7 +59,6 @@ class Runtime:
         self.invert_slots = Slots("Invert", settings.max_concurrent_inverts, retry_after_seconds=1.0)
         self.train_slots = Slots("Train", settings.max_concurrent_trains, retry_after_seconds=5.0)
         self._registry: Registry | None = None
-        self.draining = False
 
     def set_registry(self, registry: Registry | None) -> None:
         """Publish the opened registry (or withdraw it)."""
