@@ -66,9 +66,45 @@ class Prior:
         Returns:
             ``k x d`` float32 rows satisfying every constraint of the space exactly.
         """
+        return self._sample(rng, k)[0]
+
+    def sample_lines(self, rng: np.random.Generator, k: int, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``k`` rows, and what :meth:`conditional_density` needs to know of each about ``column``.
+
+        The rows are drawn exactly as :meth:`sample` draws them; the line sampler keeps all
+        their columns but ``column`` (a free continuous one), so each row's other columns are
+        a draw from the prior's marginal of those columns.
+
+        Returns:
+            ``k x d`` float32 rows and ``k x c`` float64 parameters of the conditional
+            distribution of ``column`` given the others (``c = 0`` when it is independent of them).
+        """
+        return self.sample(rng, k), np.zeros((k, 0))
+
+    def conditional_density(self, column: int, s: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """Density of ``column`` at values ``s`` given the row's other columns (their :meth:`sample_lines` parameters).
+
+        Args:
+            column: A free continuous column.
+            s: ``k`` values inside its bounds.
+            params: ``k`` rows of parameters from :meth:`sample_lines`.
+
+        Returns:
+            ``k`` float64 densities (per unit of ``column``).
+        """
+        width = float(self.space.upper[column]) - float(self.space.lower[column])
+        return np.full(np.shape(s), 1.0 / width)
+
+    def log_weight(self, digits: np.ndarray) -> np.ndarray:
+        """Log prior probability of the free discrete factors' values (``k x len(factors)`` digits)."""
+        return np.zeros(digits.shape[0])
+
+    def _sample(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``k`` rows, and the latent normals behind their free continuous columns (``None`` if there are none)."""
         X = np.broadcast_to(self.space.fixed_values, (k, self.space.width)).copy()
+        latent = None
         if self._continuous.size:
-            X[:, self._continuous] = self._sample_continuous(rng, k)
+            X[:, self._continuous], latent = self._sample_continuous(rng, k)
         rows = np.arange(k)
         for j, factor in enumerate(self.space.factors):
             digit = self._sample_factor(rng, j, k)
@@ -76,20 +112,16 @@ class Prior:
                 X[rows, np.asarray(factor.columns)[digit]] = 1.0
             else:
                 X[:, factor.columns[0]] = (factor.low + digit).astype(np.float32)
-        return X
+        return X, latent
 
-    def log_weight(self, digits: np.ndarray) -> np.ndarray:
-        """Log prior probability of the free discrete factors' values (``k x len(factors)`` digits)."""
-        return np.zeros(digits.shape[0])
-
-    def _sample_continuous(self, rng: np.random.Generator, k: int) -> np.ndarray:
+    def _sample_continuous(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         lo = self.space.lower[self._continuous]
         hi = self.space.upper[self._continuous]
         # float32 draws: the model sees float32 anyway, and they cost half as much.
         X = rng.random((k, lo.size), dtype=np.float32)
         X *= hi - lo
         X += lo
-        return np.clip(X, lo, hi, out=X)
+        return np.clip(X, lo, hi, out=X), None
 
     def _sample_factor(self, rng: np.random.Generator, j: int, k: int) -> np.ndarray:
         return rng.integers(0, self.space.factors[j].levels, size=k)
@@ -136,6 +168,15 @@ class _Marginal:
             return self.mean + self.sd * _ndtri(np.clip(u, 1e-15, 1.0 - 1e-15))
         return np.asarray(np.interp(u, self.q, self.v))
 
+    def pdf(self, x: np.ndarray) -> np.ndarray:
+        """The density: the derivative of :meth:`cdf` (piecewise constant between stored quantiles)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self.normal:
+            return np.exp(-0.5 * ((x - self.mean) / self.sd) ** 2) / (self.sd * math.sqrt(2.0 * math.pi))
+        i = np.clip(np.searchsorted(self.v, x, side="right") - 1, 0, self.v.size - 2)
+        inside = (x >= self.v[0]) & (x <= self.v[-1])
+        return np.where(inside, (self.q[i + 1] - self.q[i]) / (self.v[i + 1] - self.v[i]), 0.0)
+
 
 class DataPrior(Prior):
     """The training data's distribution, from stored statistics (see the module docstring).
@@ -175,6 +216,12 @@ class DataPrior(Prior):
             self._z_mean = np.zeros(nf)
             cond = Rff
         self._z_chol = np.linalg.cholesky(_nearest_psd(cond) + 1e-9 * np.eye(nf)) if nf else np.zeros((0, 0))
+        # Each latent's normal conditional given the others (line sampling): sd 1/sqrt(P_ii) and the
+        # regression row -P_ij / P_ii, P the precision matrix.
+        precision = np.linalg.inv(self._z_chol @ self._z_chol.T) if nf else np.zeros((0, 0))
+        self._z_cond_sd = 1.0 / np.sqrt(np.diag(precision))
+        self._z_gain = -precision / np.diag(precision)[:, None]
+        np.fill_diagonal(self._z_gain, 0.0)
         lo = space.lower[free].astype(np.float64)
         hi = space.upper[free].astype(np.float64)
         self._a = np.array([self._marginals[c].cdf(x) for c, x in zip(free, lo, strict=True)])
@@ -206,7 +253,39 @@ class DataPrior(Prior):
             out += np.log(pmf[digits[:, j]])
         return out
 
-    def _sample_continuous(self, rng: np.random.Generator, k: int) -> np.ndarray:
+    def sample_lines(self, rng: np.random.Generator, k: int, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows as :meth:`sample` draws them, with the mean and sd of ``column``'s latent given the others'."""
+        X, z = self._sample(rng, k)
+        assert z is not None, "line sampling needs a free continuous column"
+        i = int(np.flatnonzero(self._continuous == column)[0])
+        mean = self._z_mean[i] + (z - self._z_mean) @ self._z_gain[i]
+        return X, np.stack([mean, np.full(k, self._z_cond_sd[i])], axis=1)
+
+    def conditional_density(self, column: int, s: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """``p(x_c = s | other columns)``: the latent's normal conditional, carried through ``x = h(z)``.
+
+        With ``u = (F(s) − F(lo)) / (F(hi) − F(lo))`` and ``z = Φ⁻¹(u)`` (``u`` linear in ``s`` when the
+        column has no training mass inside its bounds), the density is
+        ``N(z; mean, sd²) · dz/ds = φ((z − mean)/sd) / (sd φ(z)) · du/ds``.
+        """
+        i = int(np.flatnonzero(self._continuous == column)[0])
+        s = np.asarray(s, dtype=np.float64)
+        a, b = self._a[i], self._b[i]
+        if b - a > 1e-12:
+            marginal = self._marginals[column]
+            u = (marginal.cdf(s) - a) / (b - a)
+            du = marginal.pdf(s) / (b - a)
+        else:
+            lo, hi = float(self.space.lower[column]), float(self.space.upper[column])
+            u = (s - lo) / (hi - lo)
+            du = np.full(s.shape, 1.0 / (hi - lo))
+        z = _ndtri(np.clip(u, 1e-15, 1.0 - 1e-15))
+        mean, sd = params[:, 0], params[:, 1]
+        with np.errstate(divide="ignore"):
+            log = -0.5 * ((z - mean) / sd) ** 2 + 0.5 * z * z - np.log(sd) + np.log(du)
+        return np.exp(log)
+
+    def _sample_continuous(self, rng: np.random.Generator, k: int) -> tuple[np.ndarray, np.ndarray | None]:
         z = self._z_mean + rng.standard_normal((k, self._z_mean.size)) @ self._z_chol.T
         u = _ndtr(z)
         out = np.empty((k, self._continuous.size), dtype=np.float32)
@@ -218,7 +297,7 @@ class DataPrior(Prior):
             else:  # no training mass inside the bounds: uniform over them
                 x = float(lo) + u[:, i] * (float(hi) - float(lo))
             out[:, i] = np.clip(x.astype(np.float32), lo, hi)
-        return out
+        return out, z
 
     def _sample_factor(self, rng: np.random.Generator, j: int, k: int) -> np.ndarray:
         factor = self.space.factors[j]

@@ -86,7 +86,7 @@ def test_a_drawn_seed_is_reported_and_reproduces_the_stream() -> None:
 def test_the_first_batch_comes_long_before_the_last(mode: InvertMode) -> None:
     module = Counting(module_of(EXAMPLE_MODEL.read_bytes()))
     rows_at_batch = []
-    for event in invert(module, space_of(EXAMPLE_SCHEMA), spec(7.0, n=5000, mode=mode, batch_size=100)):
+    for event in invert(module, space_of(EXAMPLE_SCHEMA), spec(7.0, n=20_000, mode=mode, batch_size=100)):
         if isinstance(event, PatternBatch):
             rows_at_batch.append(module.rows)
     assert len(rows_at_batch) >= 50
