@@ -32,6 +32,7 @@ the rest, so the decisions are those exact slopes would make.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +48,12 @@ GRIDS = (2, 9, 17, 33)
 """Scan grids the sampler may use: nested in :data:`FINE_GRID`."""
 CALIBRATION_LINES = 256
 """Lines scanned per candidate column."""
+_RARE_LINES = 2048
 _CANDIDATES = 2
 _NEAR_ROWS = 64
 _MISSED = 0.002
-_TAIL = 0.01
+_TAIL_INDEX = 3.0
+_TAIL_INDEX_CROSSING = 10.0
 _MIN_ACCEPTANCE = 0.25
 _MIN_CROSSING = 16
 _MAX_EVALUATIONS = 64
@@ -73,7 +76,7 @@ class LinePlan:
         cap: Initial cap ``W`` on a line's weight.
         acceptance: Estimated share of lines kept.
         cost: Estimated model rows (a gradient row counted as three) per pattern.
-        tail: Gap between the two heaviest calibration lines, as a share of the total weight.
+        tail: Hill's estimate of the tail index of the calibration lines' weights (large: light tail).
         crossing: Calibration lines of this column with at least one root.
     """
 
@@ -492,25 +495,33 @@ class _Lines:
         return s, f, good, evaluations
 
 
-def calibrate(ctx: Context, near: np.ndarray) -> Calibration | None:
+def calibrate(ctx: Context, near: np.ndarray, spend: float = math.inf) -> Calibration | None:
     """Choose the line column and the scan grid, and set the cap, from lines scanned at :data:`FINE_GRID` points.
 
-    Candidates are the :data:`_CANDIDATES` free continuous columns with the largest mean
-    ``|∂f/∂x_c| · width_c`` over ``near`` (rows whose outputs are close to the target). For
+    Candidates are the :data:`_CANDIDATES` free continuous columns with the largest 5 % quantile
+    of ``|∂f/∂x_c| · width_c`` over ``near`` (rows whose outputs are close to the target). For
     each, :data:`CALIBRATION_LINES` lines are scanned finely (extrema near the level examined)
     and solved. Each coarser grid (a subset of the fine one) is then replayed on the same lines
     — its scan is part of the fine one, its examination is run — and it is fit for the column
     when the roots it would bracket carry all but 0.2 % of the fine roots' weight. The cap ``W``
-    is the heaviest calibration line. A column is not used when its lines are kept less than a
-    quarter of the time at that cap, or when the heaviest line stands out from the next by more
-    than 1 % of the total weight: both mean heavy weights, from lines nearly tangent to the
-    level set (``∂f/∂s → 0``), whose share later lines could exceed the cap by. Among the rest,
-    the pair with the fewest rows per pattern, ``(G + evaluations + 3 · roots) · W / mean weight``
-    per line, wins.
+    is the heaviest calibration line. A column is not used when its crossing lines are kept less
+    than a quarter of the time at that cap, or when Hill's estimate of their weights' tail index
+    (from the heaviest tenth) is below 3: both mean heavy weights, from lines nearly tangent to
+    the level set (``∂f/∂s → 0``) — weights whose tail index is about 2 — which later lines would
+    push above the cap. A grid finer than 2 points (lines crossing more than once) needs an
+    index of 10 at least: such lines touch the level tangentially unless it stays clear of
+    their extrema, and tangent lines are rare enough to be missed by a few hundred. Among the
+    rest, the pair with the fewest rows per pattern,
+    ``(G + evaluations + 3 · roots) · W / mean weight`` per line, wins.
+
+    When fewer than :data:`_MIN_CROSSING` lines of every candidate cross the level (a rare
+    level), a second round of :data:`_RARE_LINES` lines per candidate runs, if ``spend`` is at
+    least four times its scan.
 
     Args:
         ctx: The run's shared state.
         near: Rows (float32) near the target level.
+        spend: Rows the request is worth (what the windowed sampler would spend on it).
 
     Returns:
         What calibration learnt; ``None`` when the budget ran out first.
@@ -525,11 +536,31 @@ def calibrate(ctx: Context, near: np.ndarray) -> Calibration | None:
             return None
         _, J = run.forward_jacobian(torch.from_numpy(near[:_NEAR_ROWS]))
         width = (space.upper - space.lower)[movable].astype(np.float64)
-        score = np.nan_to_num(J[:, 0, movable].abs().double().mean(dim=0).numpy()) * width
+        # A line's weight is 1 / |∂f/∂s| (times the prior's conditional): a column whose slope stays
+        # large near the level keeps lines crossing often and weights even; one whose slope comes
+        # near zero (or changes sign) does neither. Its 5 % quantile scores both.
+        slope = np.nan_to_num(J[:, 0, movable].abs().double().numpy())
+        score = np.quantile(slope, 0.05, axis=0) * width
         candidates = movable[np.argsort(-score, kind="stable")[:_CANDIDATES]]
     candidates = np.sort(candidates)  # the order solve() takes the parameters in
     lines = _Lines(ctx)
-    n = CALIBRATION_LINES
+    reached = False
+    for n in (CALIBRATION_LINES, _RARE_LINES):
+        done = _round(lines, candidates, n)
+        if done is None:
+            return None
+        best, crossing = done
+        reached |= crossing.max() > 0
+        # A level few lines cross: one more, larger round if the request is worth it.
+        rare = best is None and 0 < crossing.max() < _MIN_CROSSING
+        if not rare or spend < 4 * candidates.size * _RARE_LINES * FINE_GRID:
+            break
+    return Calibration(plan=best, reached=reached)
+
+
+def _round(lines: _Lines, candidates: np.ndarray, n: int) -> tuple[LinePlan | None, np.ndarray] | None:
+    """One calibration round of ``n`` lines per candidate: the best plan and each candidate's crossing lines."""
+    ctx = lines.ctx
     drawn = [ctx.prior.sample_lines(ctx.rng, n, int(c)) for c in candidates]
     params = []
     for i, (_, P) in enumerate(drawn):
@@ -542,15 +573,18 @@ def calibrate(ctx: Context, near: np.ndarray) -> Calibration | None:
     roots = lines.solve(rows, columns, FINE_GRID, t, params)
     if roots is None:
         return None
+    crossing = np.zeros(candidates.size, dtype=np.int64)
     best: LinePlan | None = None
     for i, c in enumerate(candidates):
         block = slice(i * n, (i + 1) * n)
+        mine = (roots.line >= block.start) & (roots.line < block.stop) & (roots.weight > 0)
+        crossing[i] = np.unique(roots.line[mine]).size
         plan = _plan(lines, int(c), roots, rows[block], t[block], block)
-        if plan is None and run.spent is not None:
+        if plan is None and ctx.run.spent is not None:
             return None
         if plan is not None and (best is None or plan.cost < best.cost):
             best = plan
-    return Calibration(plan=best, reached=bool((roots.weight > 0).any()))
+    return best, crossing
 
 
 def _plan(lines: _Lines, column: int, roots: _Roots, rows: np.ndarray, t: np.ndarray, block: slice) -> LinePlan | None:
@@ -563,11 +597,15 @@ def _plan(lines: _Lines, column: int, roots: _Roots, rows: np.ndarray, t: np.nda
     crossing = int((L > 0).sum())
     if crossing < _MIN_CROSSING:
         return None
-    top = np.sort(L)[-2:]
-    tail = float((top[-1] - top[0]) / L.sum())
-    cap = float(top[-1])
+    heavy = np.sort(L[L > 0])[::-1]
+    cap = float(heavy[0])
     acceptance = float(L.mean()) / cap
-    if tail > _TAIL or acceptance < _MIN_ACCEPTANCE:
+    # Heavy weights, not rare crossings, rule a column out: judge the crossing lines alone. Hill's
+    # estimate of the tail index from the heaviest tenth: bounded weights give a large one; lines
+    # nearly tangent to the level set (weights ~ 1 / distance to tangency) give about 2.
+    top = max(8, crossing // 10)
+    tail = float(1.0 / max(np.mean(np.log(heavy[:top] / heavy[top])), 1e-12))
+    if tail < _TAIL_INDEX or float(heavy.mean()) / cap < _MIN_ACCEPTANCE:
         return None
     s_fine, r_fine = roots.s_grid[block], roots.r[block]
     refine = roots.refinements / max(roots.line.size, 1)  # refinement rows per root
@@ -596,6 +634,10 @@ def _plan(lines: _Lines, column: int, roots: _Roots, rows: np.ndarray, t: np.nda
     # Two points suffice for lines that cross at most once; otherwise a finer grid than the
     # coarsest that passed, as a margin for lines the calibration did not meet.
     grid, examination = fit[0] if fit[0][0] == 2 else fit[min(1, len(fit) - 1)]
+    if grid > 2 and tail < _TAIL_INDEX_CROSSING:
+        # Lines that cross more than once are nearly tangent to the level set somewhere unless the
+        # level stays clear of their extrema: ask for clearly bounded weights.
+        return None
     cost = (grid + examination + mine.sum() / n * (refine + _GRADIENT_ROWS)) / acceptance
     return LinePlan(column, grid, cap, acceptance, float(cost), tail, crossing)
 

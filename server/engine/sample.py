@@ -98,7 +98,7 @@ def sample(ctx: Context) -> Driver:
     # Calibrating lines costs about as much as a few hundred windowed patterns: small requests skip it.
     if targets.outputs == 1 and ctx.collector.remaining * window_cost > _CALIBRATION_ROWS:
         near = X0[np.argsort(D0, kind="stable")[:_NEAR_ROWS]]
-        calibration = calibrate(ctx, near)
+        calibration = calibrate(ctx, near, spend=ctx.collector.remaining * window_cost)
         if calibration is None:
             return Outcome.BUDGET
     if not hit0.any() and not (calibration is not None and calibration.reached):
