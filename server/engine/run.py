@@ -18,7 +18,10 @@ import torch
 from preimage.errors import CancelledError
 from preimage.server.engine.targets import TargetSet
 
-__all__ = ["Run", "model_outputs"]
+__all__ = ["CHUNK", "Run", "model_outputs"]
+
+CHUNK = 8192
+"""Most rows per model call in a forward pass."""
 
 
 def model_outputs(result: object, rows: int) -> torch.Tensor:
@@ -93,9 +96,23 @@ class Run:
             raise CancelledError("the Invert run was cancelled")
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
-        """One batched forward pass without gradients: ``k x d`` float32 → ``k x m`` float32."""
+        """One batched forward pass without gradients: ``k x d`` float32 → ``k x m`` float32.
+
+        The model sees at most :data:`CHUNK` rows per call: on one CPU thread small networks run
+        15–25 % faster on chunks of a few thousand rows than on 32,768 at once (their activations
+        stay in cache). A stop set while a chunk runs ends the pass after it.
+        """
         with torch.no_grad():
-            F = model_outputs(self.module(X), X.shape[0])
+            if X.shape[0] <= CHUNK:
+                F = model_outputs(self.module(X), X.shape[0])
+            else:
+                parts = []
+                for i in range(0, X.shape[0], CHUNK):
+                    if i:
+                        self.raise_if_cancelled()
+                    part = X[i : i + CHUNK]
+                    parts.append(model_outputs(self.module(part), part.shape[0]))
+                F = torch.cat(parts)
         self._count(F)
         return F
 

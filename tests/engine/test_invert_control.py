@@ -10,6 +10,9 @@ import torch
 
 from preimage.errors import CancelledError
 from preimage.server.engine import BoundSpec, InvertMode, InvertStatus, InvertSummary, PatternBatch, invert
+from preimage.server.engine.run import CHUNK, Run
+from preimage.server.engine.targets import TargetSet
+from preimage.server.engine.types import TargetSpec
 from tests.engine.helpers import (
     BINARY10,
     BINARY10_SCHEMA,
@@ -221,3 +224,18 @@ def test_exhausted_with_min_distance_says_so() -> None:
     X = result.X
     gaps = np.abs(X[:, None, :] - X[None, :, :]).sum(axis=2) + np.eye(len(X)) * 10
     assert gaps.min() >= 3  # Hamming distance 3 <=> Euclidean distance >= 1.5 on {0,1}
+
+
+def test_a_long_pass_runs_in_chunks_counts_once_and_stops_between_chunks() -> None:
+    module = Counting(module_of(EXAMPLE_MODEL.read_bytes()))
+    targets = TargetSet.from_spec((TargetSpec(value=7.0),), 1e-3, 1)
+    stop = threading.Event()
+    run = Run(module, targets, stop, max_seconds=60.0, max_passes=100)
+    X = torch.rand(2 * CHUNK + 5, 10)
+    F = run.forward(X)
+    assert module.calls == 3 and run.forward_passes == 1 and run.rows_evaluated == X.shape[0]
+    np.testing.assert_allclose(F.numpy(), onnx_eval(EXAMPLE_MODEL.read_bytes(), X.numpy()), atol=1e-5)
+    module.on_call[module.calls + 1] = stop.set  # set while the next pass's first chunk runs
+    with pytest.raises(CancelledError):
+        run.forward(X)
+    assert module.calls == 4
