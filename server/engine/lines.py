@@ -194,9 +194,9 @@ class _Lines:
                 return None
             more, spent = found
             evaluations += spent
-            line = np.concatenate([line, more[0].astype(np.int64)])
-            a, b = np.concatenate([a, more[2]]), np.concatenate([b, more[3]])
-            ra, rb = np.concatenate([ra, more[4]]), np.concatenate([rb, more[5]])
+            line = np.concatenate([line, more[0]])
+            a, b = np.concatenate([a, more[1]]), np.concatenate([b, more[2]])
+            ra, rb = np.concatenate([ra, more[3]]), np.concatenate([rb, more[4]])
         order = np.lexsort((np.minimum(a, b), line))  # roots in line order, then along the line
         line, a, b, ra, rb = line[order], a[order], b[order], ra[order], rb[order]
         solved = self._refine(rows[line], columns[line], t[line], a, b, ra, rb)
@@ -215,9 +215,10 @@ class _Lines:
             F, slope = measured
         else:
             F = f.astype(np.float32)[:, None]
-            slope = self._difference(X, col, f)
-            if slope is None:
+            difference = self._difference(X, col, f)
+            if difference is None:
                 return None
+            slope = difference
             evaluations += line.size
         density = np.zeros(line.size)
         for i, c in enumerate(np.unique(columns)):
@@ -299,8 +300,8 @@ class _Lines:
         end of the line first looks for a higher point inside its end cell.
 
         Returns:
-            The new brackets (line, cell, a, b, r(a), r(b)) and the rows spent; ``None`` when the
-            budget ran out.
+            The new brackets (line, a, b, r(a), r(b)) and the rows spent; ``None`` when the budget
+            ran out.
         """
         run = self.ctx.run
         G = r.shape[1]
@@ -308,19 +309,19 @@ class _Lines:
         padded = np.pad(r, ((0, 0), (1, 1)), constant_values=np.nan)
         mid, left, right = padded[:, 1:-1], padded[:, :-2], padded[:, 2:]
         cand = []
-        for sign in (1.0, -1.0):
-            h, hl, hr = sign * mid, sign * left, sign * right
+        for side in (1.0, -1.0):
+            h, hl, hr = side * mid, side * left, side * right
             with np.errstate(invalid="ignore"):
                 peak = (h < 0.0) & ~(hl > h) & ~(hr > h) & ~(np.isnan(hl) & np.isnan(hr))
                 reach = np.fmax(h - hl, h - hr)
                 near = peak & (-h <= reach)
             li, gi = np.nonzero(near)
-            cand.append((li, gi, np.full(li.size, sign)))
+            cand.append((li, gi, np.full(li.size, side)))
         line = np.concatenate([c[0] for c in cand])
         point = np.concatenate([c[1] for c in cand])
         sign = np.concatenate([c[2] for c in cand])
         k = line.size
-        empty = (np.zeros(0, dtype=np.int64),) * 2 + (np.zeros(0),) * 4
+        empty = (np.zeros(0, dtype=np.int64),) + (np.zeros(0),) * 4
         if k == 0:
             return empty, 0
         # Bracket (l, m, r) around each extremum, with h(m) >= h(l), h(r); ends start without m.
@@ -381,9 +382,8 @@ class _Lines:
                 right_s = np.where(np.isfinite(m_[cross]) & (m_[cross] > vc), m_[cross], r_[cross])
                 right_h = np.where(np.isfinite(m_[cross]) & (m_[cross] > vc), fm[cross], fr[cross])
                 sg = sign[j]
-                cell = np.minimum(point[j], G - 2)
-                out.append((line[j], cell, left_s, vc, sg * left_h, sg * hc))
-                out.append((line[j], cell, vc, right_s, sg * hc, sg * right_h))
+                out.append((line[j], left_s, vc, sg * left_h, sg * hc))
+                out.append((line[j], vc, right_s, sg * hc, sg * right_h))
             done = bad | cross
             go = ~done
             first = go & ~np.isfinite(m_)
@@ -407,7 +407,7 @@ class _Lines:
             active[idx[done | hopeless]] = False
         if not out:
             return empty, evaluations
-        parts = tuple(np.concatenate([o[i] for o in out]) for i in range(6))
+        parts = tuple(np.concatenate([o[i] for o in out]) for i in range(5))
         return parts, evaluations
 
     def _refine(
@@ -627,8 +627,8 @@ def _plan(lines: _Lines, column: int, roots: _Roots, rows: np.ndarray, t: np.nda
                 return None
             more, spent = found
             bl = np.concatenate([bl, more[0]])
-            lo = np.concatenate([lo, np.minimum(more[2], more[3])])
-            hi = np.concatenate([hi, np.maximum(more[2], more[3])])
+            lo = np.concatenate([lo, np.minimum(more[1], more[2])])
+            hi = np.concatenate([hi, np.maximum(more[1], more[2])])
         if _missed(line, s, weight, bl, lo, hi) <= _MISSED:
             fit.append((grid, spent / n))
     # Two points suffice for lines that cross at most once; otherwise a finer grid than the
