@@ -157,6 +157,11 @@ class _Marginal:
         for i in range(1, v.size):
             v[i] = max(v[i], v[i - 1] + eps)
         self.q, self.v = q, v
+        # Evenly spaced levels (percentiles, say) let the quantile function index instead of search:
+        # a tenth of np.interp's time, and sampling the data prior spends most of its time there.
+        steps = q.size - 1
+        self._even = bool(np.allclose(q, np.arange(q.size) / steps, rtol=0.0, atol=1e-12))
+        self._steps, self._rise = steps, np.diff(v)
 
     def cdf(self, x: np.ndarray | float) -> np.ndarray:
         if self.normal:
@@ -166,6 +171,10 @@ class _Marginal:
     def ppf(self, u: np.ndarray | float) -> np.ndarray:
         if self.normal:
             return self.mean + self.sd * _ndtri(np.clip(u, 1e-15, 1.0 - 1e-15))
+        if self._even:
+            x = np.clip(np.asarray(u, dtype=np.float64), 0.0, 1.0) * self._steps
+            i = np.minimum(x.astype(np.int64), self._steps - 1)
+            return np.asarray(self.v[i] + (x - i) * self._rise[i])
         return np.asarray(np.interp(u, self.q, self.v))
 
     def pdf(self, x: np.ndarray) -> np.ndarray:

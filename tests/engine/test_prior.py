@@ -9,7 +9,7 @@ from scipy import stats
 from preimage.errors import InvalidArgumentError
 from preimage.registry.schema import DataStatistics
 from preimage.server.engine import BoundSpec, FixedSpec, PriorKind
-from preimage.server.engine.prior import DataPrior, InDistributionPenalty, UniformPrior, make_prior
+from preimage.server.engine.prior import DataPrior, InDistributionPenalty, UniformPrior, _Marginal, make_prior
 from tests.engine.helpers import check_constraints, space_of
 
 MIXED = {
@@ -184,3 +184,13 @@ def test_conditional_density_is_the_law_of_a_column_given_the_others(
     other = X[:, 6 if column == 0 else 0]
     if np.ptp(other) > 0:
         assert abs(stats.spearmanr(pit, other).statistic) < 0.1
+
+
+def test_evenly_spaced_quantiles_take_the_indexed_path_and_agree_with_interpolation() -> None:
+    values = np.sort(np.random.default_rng(9).normal(size=101)) * 2.0
+    values[40:45] = values[40]  # ties (atoms in the data)
+    marginal = _Marginal(0.0, 4.0, np.linspace(0.0, 1.0, 101), values)
+    assert marginal._even
+    u = np.concatenate([np.random.default_rng(10).random(5000), [0.0, 0.01, 0.4, 0.999999, 1.0]])
+    np.testing.assert_allclose(marginal.ppf(u), np.interp(u, marginal.q, marginal.v), rtol=0, atol=1e-12)
+    assert not _Marginal(0.0, 4.0, np.array([0.0, 0.1, 0.5, 0.9, 1.0]), values[::25])._even
