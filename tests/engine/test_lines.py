@@ -20,7 +20,7 @@ import preimage.server.engine.sample as sample
 from preimage.registry.schema import DataStatistics
 from preimage.server.engine.collector import Collector
 from preimage.server.engine.context import Context
-from preimage.server.engine.prior import DataPrior, make_prior
+from preimage.server.engine.prior import DataPrior, InDistributionPenalty, make_prior
 from preimage.server.engine.run import Run
 from preimage.server.engine.targets import TargetSet
 from preimage.server.engine.types import PriorKind, TargetSpec
@@ -285,3 +285,20 @@ def test_small_requests_skip_calibration(caplog: pytest.LogCaptureFixture) -> No
     first = next(r.getMessage() for r in caplog.records if "sampler" in r.getMessage())
     assert first.startswith("sample: windowed sampler")
     assert result.summary.rows_evaluated < 2 * lines.CALIBRATION_LINES * lines.FINE_GRID  # one calibration's scan
+
+
+def test_line_draws_take_the_in_distribution_tilt(caplog: pytest.LogCaptureFixture) -> None:
+    # Kept with probability exp(−λ M(x)), like every sample-mode draw: the tilted patterns' mean penalty is
+    # what reweighting the plain ones by exp(−λ M) predicts.
+    space = space_of(EXAMPLE_SCHEMA)
+    penalty = InDistributionPenalty.build(space, None)
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        plain = run_invert(EXAMPLE, space, spec(7.0, n=3000, seed=8))
+        tilted = run_invert(EXAMPLE, space, spec(7.0, n=3000, seed=9, in_distribution_weight=4.0))
+    assert sum("line sampler" in r.getMessage() for r in caplog.records) == 2
+    assert np.abs(onnx_eval(EXAMPLE, tilted.X)[:, 0] - 7.0).max() <= 1e-3
+    M, M_tilted = penalty.value(plain.X), penalty.value(tilted.X)
+    weight = np.exp(-4.0 * M)
+    predicted = float((M * weight).sum() / weight.sum())
+    assert M_tilted.mean() < M.mean() - 0.02
+    assert abs(M_tilted.mean() - predicted) < 0.01
