@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-_SERVING = re.compile(r"preimage serving on (\S+)")
+from tests.process import ServerProcess
 
 
 def preimage_command() -> list[str]:
@@ -26,56 +23,23 @@ def preimage_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "preimage.client.cli"]
 
 
-class Served:
-    """A ``preimage serve`` process on a free loopback port."""
-
-    def __init__(self, registry: Path) -> None:
-        self.process = subprocess.Popen(
-            [
-                *preimage_command(),
-                "serve",
-                "--registry",
-                str(registry),
-                "--address",
-                "127.0.0.1:0",
-                "--shutdown-grace",
-                "0",
-                "--torch-threads",
-                "1",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            match = _SERVING.search(line)
-            if match:
-                self.address = match.group(1)
-                return
-        self.process.kill()
-        raise RuntimeError("preimage serve did not start")
-
-    def stop(self) -> None:
-        """SIGTERM, then wait; SIGKILL if it does not exit."""
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+Served = ServerProcess
+"""A ``preimage serve`` process on a free loopback port (the shared runner, via the console script)."""
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One ``preimage serve`` process per test module."""
-    server = Served(tmp_path_factory.mktemp("registry"))
-    yield server
-    server.stop()
+    with ServerProcess(
+        tmp_path_factory.mktemp("registry"),
+        "--shutdown-grace",
+        "0",
+        "--torch-threads",
+        "1",
+        command=[*preimage_command(), "serve"],
+    ) as server:
+        yield server
+        server.terminate(timeout=30)
 
 
 Run = Callable[..., subprocess.CompletedProcess[str]]

@@ -16,8 +16,8 @@ import pytest
 
 from preimage.v1 import inference_pb2, registry_pb2
 from tests.models import linear_onnx, mlp_onnx, onnx_eval
+from tests.process import ServerProcess
 from tests.server.conftest import Stubs, connect, register, upload_requests
-from tests.server.process import ServerProcess
 from tests.server.test_end_to_end import as_array, to_matrix
 
 

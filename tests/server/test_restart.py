@@ -8,8 +8,8 @@ import numpy as np
 
 from preimage.v1 import inference_pb2, registry_pb2
 from tests.models import onnx_eval
+from tests.process import ServerProcess
 from tests.server.conftest import connect, register
-from tests.server.process import ServerProcess
 from tests.server.test_end_to_end import as_array, to_matrix
 
 

@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from preimage.v1 import inference_pb2, registry_pb2
+from tests.process import ServerProcess
 from tests.server.conftest import connect, register
-from tests.server.process import ServerProcess
 
 
 def stream_request(seconds: float) -> inference_pb2.InvertRequest:

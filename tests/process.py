@@ -1,4 +1,4 @@
-"""Run ``preimage serve`` as a real process on a free loopback port."""
+"""Run ``preimage serve`` as a real process on a free loopback port (server and CLI tests)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -18,12 +19,26 @@ _SERVING_LINE = re.compile(r"preimage serving on (\S+)")
 
 
 class ServerProcess:
-    """``python -m preimage.server.cli`` with the given flags; its address is read from stdout."""
+    """A server process with the given flags; its address is read from stdout.
+
+    Args:
+        registry_dir: The registry directory.
+        extra: More ``serve`` flags.
+        env: Extra environment variables.
+        timeout: Seconds to wait for the "serving on" line.
+        command: How to start ``serve`` (default ``python -m preimage.server.cli``; the CLI tests
+            pass the ``preimage serve`` console script).
+    """
 
     def __init__(
-        self, registry_dir: Path, *extra: str, env: dict[str, str] | None = None, timeout: float = 120
+        self,
+        registry_dir: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        command: Sequence[str] = (sys.executable, "-m", "preimage.server.cli"),
     ) -> None:
-        command = [sys.executable, "-m", "preimage.server.cli", "--registry", str(registry_dir), *extra]
+        command = [*command, "--registry", str(registry_dir), *extra]
         if "--address" not in extra:
             command += ["--address", "127.0.0.1:0"]
         self.process = subprocess.Popen(
