@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -16,6 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 
 EXAMPLE_MODEL = Path(__file__).resolve().parent.parent / "examples" / "difficulty" / "difficulty.onnx"
 OPSET = 17
+
+ISSUE_SCHEMA: dict[str, Any] = {
+    "inputs": [
+        {"name": "speed", "kind": "continuous", "min": 0.0, "max": 1.0},
+        {"name": "walls", "kind": "integer", "min": 0, "max": 12},
+        {"name": "has_boss", "kind": "binary"},
+        {"name": "theme", "kind": "categorical", "levels": ["ice", "lava", "forest"]},
+    ],
+    "outputs": [{"name": "difficulty"}],
+}
+"""The issue's example schema: one feature of every kind, 6 model input columns."""
 
 
 def _model(

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from tests.cli.conftest import Run, Served, preimage_command, run_preimage
-from tests.client.schemas import MIXED_SCHEMA
-from tests.models import EXAMPLE_MODEL, linear_onnx, onnx_eval
+from tests.models import EXAMPLE_MODEL, ISSUE_SCHEMA, linear_onnx, onnx_eval
 
 TOL, SLACK = 1e-3, 1e-4
 MIXED_W = np.array([[2.0, 0.5, 1.5, 0.0, 2.0, -1.0]], dtype=np.float32)
@@ -36,7 +35,7 @@ def mixed(served: Served, tmp_path_factory: pytest.TempPathFactory) -> tuple[str
     folder = tmp_path_factory.mktemp("mixed")
     model = linear_onnx(MIXED_W, [1.0])
     (folder / "mixed.onnx").write_bytes(model)
-    (folder / "schema.json").write_text(json.dumps(MIXED_SCHEMA))
+    (folder / "schema.json").write_text(json.dumps(ISSUE_SCHEMA))
     args = ["register", str(folder / "mixed.onnx"), "--name", "mixed", "--schema", str(folder / "schema.json")]
     done = run_preimage(args, served.address)
     assert done.returncode == 0, done.stderr

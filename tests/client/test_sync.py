@@ -25,8 +25,7 @@ from preimage.client import (
     TrainProgress,
     TrainResult,
 )
-from tests.client.schemas import MIXED_SCHEMA
-from tests.models import EXAMPLE_MODEL, linear_onnx, mlp_onnx, onnx_eval
+from tests.models import EXAMPLE_MODEL, ISSUE_SCHEMA, linear_onnx, mlp_onnx, onnx_eval
 
 TOL = 1e-3
 # onnxruntime and torch round differently in the last float32 bits.
@@ -99,7 +98,7 @@ def test_target_range_bounds_and_fixed(client: Client, example_ref: str) -> None
 
 def test_named_rows_and_patterns(client: Client, unique_name: str) -> None:
     model = linear_onnx(MIXED_W, MIXED_B)
-    info = client.register(model, unique_name, MIXED_SCHEMA)
+    info = client.register(model, unique_name, ISSUE_SCHEMA)
     assert [f.kind for f in info.schema.inputs] == [
         FeatureKind.CONTINUOUS,
         FeatureKind.INTEGER,
@@ -141,7 +140,7 @@ def test_named_rows_and_patterns(client: Client, unique_name: str) -> None:
     ],
 )
 def test_named_row_errors_are_found_client_side(client: Client, unique_name: str, row: dict, needle: str) -> None:
-    info = client.register(linear_onnx(MIXED_W, MIXED_B), unique_name, MIXED_SCHEMA)
+    info = client.register(linear_onnx(MIXED_W, MIXED_B), unique_name, ISSUE_SCHEMA)
     with pytest.raises(InvalidArgumentError) as caught:
         client.predict(info.ref, [row])
     assert needle in caught.value.message

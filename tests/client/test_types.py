@@ -14,9 +14,9 @@ from preimage.client._requests import invert_request, predict_slices
 from preimage.client.convert import matrix_from_proto, matrix_to_proto, schema_from_proto, schema_to_proto
 from preimage.client.table import csv_table, mapping_table
 from preimage.v1 import inference_pb2
-from tests.client.schemas import MIXED_SCHEMA
+from tests.models import ISSUE_SCHEMA
 
-SCHEMA = {"inputs": [*MIXED_SCHEMA["inputs"], {"name": "free"}], "outputs": MIXED_SCHEMA["outputs"]}
+SCHEMA = {"inputs": [*ISSUE_SCHEMA["inputs"], {"name": "free"}], "outputs": ISSUE_SCHEMA["outputs"]}
 
 
 def test_schema_round_trips_through_dict_and_proto() -> None:

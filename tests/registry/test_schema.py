@@ -19,17 +19,8 @@ from preimage.registry import (
     SchemaError,
 )
 from preimage.registry.convert import sample_rows
+from tests.models import ISSUE_SCHEMA
 from tests.registry.builders import gemm
-
-SCHEMA = {
-    "inputs": [
-        {"name": "speed", "kind": "continuous", "min": 0.0, "max": 1.0},
-        {"name": "walls", "kind": "integer", "min": 0, "max": 12},
-        {"name": "has_boss", "kind": "binary"},
-        {"name": "theme", "kind": "categorical", "levels": ["ice", "lava", "forest"]},
-    ],
-    "outputs": [{"name": "difficulty"}],
-}
 
 
 def _data(d: int = 6, m: int = 1, metadata: dict[str, str] | None = None) -> bytes:
@@ -37,7 +28,7 @@ def _data(d: int = 6, m: int = 1, metadata: dict[str, str] | None = None) -> byt
 
 
 def test_schema_given_is_stored_and_survives_reopening(tmp_path: Path) -> None:
-    schema = FeatureSchema.from_dict(SCHEMA)
+    schema = FeatureSchema.from_dict(ISSUE_SCHEMA)
     registry = Registry.open(tmp_path / "r", parity_rows=8)
     record = registry.register_bytes("game", _data(), schema=schema)
     assert record.schema == schema
@@ -51,14 +42,14 @@ def test_schema_given_is_stored_and_survives_reopening(tmp_path: Path) -> None:
 
 
 def test_schema_from_metadata_props(registry: Registry) -> None:
-    record = registry.register_bytes("game", _data(metadata={"preimage.schema": json.dumps(SCHEMA)}))
-    assert record.schema == FeatureSchema.from_dict(SCHEMA)
+    record = registry.register_bytes("game", _data(metadata={"preimage.schema": json.dumps(ISSUE_SCHEMA)}))
+    assert record.schema == FeatureSchema.from_dict(ISSUE_SCHEMA)
 
 
 def test_schema_argument_wins_over_metadata(registry: Registry) -> None:
     other = {"inputs": [{"name": f"f{i}", "min": -1, "max": 1} for i in range(6)]}
     record = registry.register_bytes(
-        "game", _data(metadata={"preimage.schema": json.dumps(SCHEMA)}), schema=FeatureSchema.from_dict(other)
+        "game", _data(metadata={"preimage.schema": json.dumps(ISSUE_SCHEMA)}), schema=FeatureSchema.from_dict(other)
     )
     assert record.schema.feature_names == [f"f{i}" for i in range(6)]
     assert [o.name for o in record.schema.outputs] == ["y0"]  # output names filled in
@@ -72,8 +63,8 @@ def test_default_schema(registry: Registry) -> None:
 
 def test_width_mismatch_names_both_numbers(registry: Registry) -> None:
     with pytest.raises(SchemaError, match="the schema's inputs span 6 columns but the model takes 4 input columns"):
-        registry.register_bytes("game", _data(d=4), schema=FeatureSchema.from_dict(SCHEMA))
-    two_outputs = {**SCHEMA, "outputs": [{"name": "a"}, {"name": "b"}]}
+        registry.register_bytes("game", _data(d=4), schema=FeatureSchema.from_dict(ISSUE_SCHEMA))
+    two_outputs = {**ISSUE_SCHEMA, "outputs": [{"name": "a"}, {"name": "b"}]}
     with pytest.raises(SchemaError, match="the schema names 2 outputs but the model has 1 outputs"):
         registry.register_bytes("game", _data(), schema=FeatureSchema.from_dict(two_outputs))
     assert registry.list() == []
@@ -165,7 +156,7 @@ def test_parity_rows_respect_the_schema() -> None:
 
 
 def test_loaded_module_accepts_rows_of_the_schema(registry: Registry) -> None:
-    registry.register_bytes("game", _data(), schema=FeatureSchema.from_dict(SCHEMA))
+    registry.register_bytes("game", _data(), schema=FeatureSchema.from_dict(ISSUE_SCHEMA))
     loaded = registry.load("game")
     X = torch.from_numpy(sample_rows(loaded.schema, 5, np.random.default_rng(1)))
     assert loaded.module(X).shape == (5, 1)
