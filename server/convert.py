@@ -8,7 +8,7 @@ and the registry never see a protobuf message. Malformed messages raise
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timezone
 from typing import Any
 
@@ -43,8 +43,10 @@ __all__ = [
     "matrix_to_proto",
     "model_info_to_proto",
     "pattern_batch_to_proto",
+    "required_ref",
     "schema_from_proto",
     "schema_to_proto",
+    "split_stream",
     "statistics_from_proto",
     "statistics_to_proto",
     "train_config_to_spec",
@@ -99,6 +101,47 @@ _MODEL_SOURCES = {
     "train": registry_pb2.MODEL_SOURCE_TRAIN,
     "watch": registry_pb2.MODEL_SOURCE_WATCH,
 }
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+def required_ref(ref: str) -> str:
+    """A request's model reference; an empty one is INVALID_ARGUMENT on ``model_ref``."""
+    if not ref:
+        raise InvalidArgumentError("model_ref is empty; give NAME, NAME:VERSION or NAME@ALIAS", field="model_ref")
+    return ref
+
+
+async def split_stream(
+    messages: AsyncIterator[Any], *, rpc: str, head: str, rest: str, hint: str = ""
+) -> tuple[Any, AsyncIterator[Any]]:
+    """Split a ``oneof payload`` request stream into its first message's ``head`` and the ``rest`` payloads.
+
+    Client-streaming RPCs (RegisterModel, Train) send one header-like message, then payloads.
+
+    Returns:
+        The first message's ``head`` field, and an async iterator over the following messages' ``rest``
+        fields; a message of another kind raises :class:`InvalidArgumentError` on field ``rest`` when
+        the iterator reaches it.
+    """
+    stream = aiter(messages)
+    first = await anext(stream, None)
+    if first is None or first.WhichOneof("payload") != head:
+        raise InvalidArgumentError(f"the first {rpc} message must be the {head}{hint}", field=head)
+
+    async def payloads() -> AsyncIterator[Any]:
+        number = 1
+        async for message in stream:
+            if message.WhichOneof("payload") != rest:
+                raise InvalidArgumentError(
+                    f"message {number} of the stream is not {rest}: only the first message may be the {head}",
+                    field=rest,
+                )
+            yield getattr(message, rest)
+            number += 1
+
+    return getattr(first, head), payloads()
 
 
 # -- tensors --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from preimage.errors import InvalidArgumentError, ResourceExhaustedError
+from preimage.errors import ResourceExhaustedError
 from preimage.server.calls import Call, rpc, stop_event
 from preimage.server.convert import (
     columns_from_chunk,
@@ -24,6 +24,8 @@ from preimage.server.convert import (
     matrix_from_proto,
     matrix_to_proto,
     pattern_batch_to_proto,
+    required_ref,
+    split_stream,
     train_config_to_spec,
     train_event_to_proto,
     train_result_to_proto,
@@ -46,8 +48,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def _load(self, ref: str) -> Any:
         """Resolve and load a model in a worker thread, counting cache hits."""
-        if not ref:
-            raise InvalidArgumentError("model_ref is empty; give NAME, NAME:VERSION or NAME@ALIAS", field="model_ref")
+        required_ref(ref)
         registry = self.runtime.registry()
 
         def load() -> Any:
@@ -121,26 +122,16 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
         settings = self.runtime.settings
         with self.runtime.train_slots.acquire():
-            messages = aiter(request_iterator)
-            first = await anext(messages, None)
-            if first is None or first.WhichOneof("payload") != "config":
-                raise InvalidArgumentError("the first Train message must be the config", field="config")
-            spec = train_config_to_spec(first.config, max_seconds=settings.train_max_seconds)
+            config, chunks = await split_stream(request_iterator, rpc="Train", head="config", rest="data")
+            spec = train_config_to_spec(config, max_seconds=settings.train_max_seconds)
             call.model_ref = spec.name
             registry = self.runtime.registry()
             await self.runtime.run(registry.check_name, spec.name)
             # total_rows sizes the column buffers once; a wrong hint only costs a regrowth.
-            builder = TableBuilder(
-                spec, min_rows=settings.train_min_rows, expected_rows=first.config.total_rows or None
-            )
+            builder = TableBuilder(spec, min_rows=settings.train_min_rows, expected_rows=config.total_rows or None)
             index = 0
-            async for message in messages:
-                if message.WhichOneof("payload") != "data":
-                    raise InvalidArgumentError(
-                        f"message {index + 1} of the stream is not data: only the first message may be the config",
-                        field="data",
-                    )
-                await self.runtime.run(builder.add_chunk, columns_from_chunk(message.data, index))
+            async for chunk in chunks:
+                await self.runtime.run(builder.add_chunk, columns_from_chunk(chunk, index))
                 index += 1
             table = await self.runtime.run(builder.finish)
             stop = stop_event(context)

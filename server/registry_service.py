@@ -10,7 +10,13 @@ import grpc
 
 from preimage.errors import InvalidArgumentError
 from preimage.server.calls import Call, rpc
-from preimage.server.convert import model_info_to_proto, schema_from_proto, statistics_from_proto
+from preimage.server.convert import (
+    model_info_to_proto,
+    required_ref,
+    schema_from_proto,
+    split_stream,
+    statistics_from_proto,
+)
 from preimage.server.runtime import Runtime
 from preimage.v1 import registry_pb2, registry_pb2_grpc
 
@@ -34,27 +40,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         from preimage.registry import ModelSource
 
         registry = self.runtime.registry()
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("payload") != "header":
-            raise InvalidArgumentError(
-                "the first RegisterModel message must be a header with the model name", field="header"
-            )
-        header = first.header
+        header, chunks = await split_stream(
+            request_iterator, rpc="RegisterModel", head="header", rest="chunk", hint=" (with the model name)"
+        )
         call.model_ref = header.name
         schema = schema_from_proto(header.schema, "header.schema") if header.HasField("schema") else None
         statistics = statistics_from_proto(header.statistics) if header.HasField("statistics") else None
         default_bounds = _default_bounds(header)
         upload = await self.runtime.run(registry.begin_upload, header.size_bytes or None, header.sha256 or None)
         try:
-            index = 1
-            async for message in request_iterator:
-                if message.WhichOneof("payload") != "chunk":
-                    raise InvalidArgumentError(
-                        f"message {index} of the stream is not a chunk: only the first message may be a header",
-                        field="chunk",
-                    )
-                await self.runtime.run(upload.write, message.chunk)
-                index += 1
+            async for chunk in chunks:
+                await self.runtime.run(upload.write, chunk)
             record = await self.runtime.run(
                 upload.commit,
                 header.name,
@@ -83,7 +79,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetModel(  # type: ignore[override]
         self, request: registry_pb2.GetModelRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> registry_pb2.GetModelResponse:
-        record = await self.runtime.run(self.runtime.registry().get, _required_ref(request.model_ref))
+        record = await self.runtime.run(self.runtime.registry().get, required_ref(request.model_ref))
         return registry_pb2.GetModelResponse(model=model_info_to_proto(record))
 
     @rpc("DeleteModel", model_ref=lambda r: r.model_ref)
@@ -91,7 +87,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DeleteModelRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> registry_pb2.DeleteModelResponse:
         deleted = await self.runtime.run(
-            self.runtime.registry().delete, _required_ref(request.model_ref), request.all_versions
+            self.runtime.registry().delete, required_ref(request.model_ref), request.all_versions
         )
         return registry_pb2.DeleteModelResponse(deleted=[model_info_to_proto(r) for r in deleted])
 
@@ -110,12 +106,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DeleteAliasResponse:
         await self.runtime.run(self.runtime.registry().delete_alias, request.name, request.alias)
         return registry_pb2.DeleteAliasResponse()
-
-
-def _required_ref(ref: str) -> str:
-    if not ref:
-        raise InvalidArgumentError("model_ref is empty; give NAME, NAME:VERSION or NAME@ALIAS", field="model_ref")
-    return ref
 
 
 def _default_bounds(header: Any) -> tuple[float, float] | None:

@@ -114,6 +114,36 @@ CASES = [
         None,
     ),
     (
+        "header-twice",
+        lambda s: s.registry.RegisterModel(
+            iter([registry_pb2.RegisterModelRequest(header=registry_pb2.RegisterModelHeader(name="twice"))] * 2)
+        ),
+        INVALID,
+        ["message 1", "only the first message may be the header"],
+        "chunk",
+    ),
+    (
+        "train-without-config",
+        lambda s: list(s.inference.Train(iter([inference_pb2.TrainRequest(data=inference_pb2.TrainDataChunk())]))),
+        INVALID,
+        ["config"],
+        "config",
+    ),
+    (
+        "train-config-twice",
+        lambda s: list(
+            s.inference.Train(
+                iter(
+                    [inference_pb2.TrainRequest(config=inference_pb2.TrainConfig(name="twice", target_columns=["y"]))]
+                    * 2
+                )
+            )
+        ),
+        INVALID,
+        ["message 1", "only the first message may be the config"],
+        "data",
+    ),
+    (
         "stream-without-header",
         lambda s: s.registry.RegisterModel(iter([registry_pb2.RegisterModelRequest(chunk=b"abc")])),
         INVALID,
