@@ -9,7 +9,8 @@ example model (10 features in [0, 1] -> difficulty), and in the same run measure
   frozen, clamped to [0, 1]) on the same model converted with onnx2torch, in process.
 
 Every pattern of both is checked independently with onnxruntime (|f(x) - 7| <= 1e-3 and
-inside the bounds); the figure is valid patterns per second, and the ratio of the two.
+inside the bounds, duplicates counted once); the figure is valid patterns per second, and the
+ratio of the two.
 
     python bench/served_invert.py [--count 20000] [--classic 40] [--seed 0]
 """
@@ -33,23 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from invert_baselines import one_at_a_time  # noqa: E402
+from invert_difficulty import MODEL, TARGET, TOLERANCE, count_valid  # noqa: E402
 
 from preimage.server.app import start_server  # noqa: E402
 from preimage.server.settings import Settings  # noqa: E402
 from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc  # noqa: E402
-
-MODEL = ROOT / "examples" / "difficulty" / "difficulty.onnx"
-TARGET = 7.0
-TOLERANCE = 1e-3
-
-
-def valid_rows(session: ort.InferenceSession, X: np.ndarray) -> int:
-    """How many rows hit the target within the tolerance and lie in [0, 1], by onnxruntime."""
-    if len(X) == 0:
-        return 0
-    out = session.run(None, {session.get_inputs()[0].name: X.astype(np.float32)})[0][:, 0]
-    inside = np.all((X >= 0.0) & (X <= 1.0), axis=1)
-    return int(np.sum((np.abs(out - TARGET) <= TOLERANCE) & inside))
 
 
 def served(
@@ -103,7 +92,7 @@ def main() -> None:
                 ("optimize", inference_pb2.INVERT_MODE_OPTIMIZE),
             ):
                 X, elapsed, summary = served(stub, args.count, mode, args.seed)
-                valid = valid_rows(session, X)
+                valid = count_valid(session, X)
                 results[f"served {name}"] = {
                     "patterns": len(X),
                     "valid": valid,
@@ -121,7 +110,7 @@ def main() -> None:
         p.requires_grad_(False)
     bounds = np.array([[0.0] * 10, [1.0] * 10])
     classic = one_at_a_time(module, bounds, np.array([TARGET]), count=args.classic, tolerance=TOLERANCE, seed=args.seed)
-    valid = valid_rows(session, classic.inputs)
+    valid = count_valid(session, classic.inputs)
     results["classic one-at-a-time GD"] = {
         "patterns": len(classic.inputs),
         "valid": valid,
