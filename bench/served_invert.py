@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import onnx2torch
@@ -78,8 +79,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Settings(registry_dir=Path(tmp) / "registry", address="127.0.0.1:0"))
         try:
-            import grpc
-
             channel = grpc.insecure_channel(server.address, options=[("grpc.max_receive_message_length", 64 << 20)])
             header = registry_pb2.RegisterModelHeader(name="difficulty")
             registry_pb2_grpc.RegistryServiceStub(channel).RegisterModel(
