@@ -68,10 +68,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         from preimage.server.engine import predict
 
         loaded = await self._load(request.model_ref)
-        X = matrix_from_proto(request.inputs, "inputs")
-        outputs = await self.runtime.run(predict, loaded.module, X, width=loaded.record.input_width)
-        self.metrics.predict_rows.inc(X.shape[0])
         record = loaded.record
+        X = matrix_from_proto(request.inputs, "inputs")
+        outputs = await self.runtime.run(predict, loaded.module, X, width=record.input_width)
+        self.metrics.predict_rows.inc(X.shape[0])
         return inference_pb2.PredictResponse(
             model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
             outputs=matrix_to_proto(outputs),
@@ -81,7 +81,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Invert(  # type: ignore[override]
         self, request: inference_pb2.InvertRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> AsyncIterator[inference_pb2.InvertResponse]:
-        from preimage.server.engine import InputSpace, invert
+        from preimage.server.engine import InputSpace, PatternBatch, invert
 
         settings = self.runtime.settings
         if request.count > settings.max_invert_count:
@@ -102,7 +102,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     invert, loaded.module, space, spec, statistics=loaded.statistics, stop=stop
                 )
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
-                    if hasattr(event, "inputs"):
+                    if isinstance(event, PatternBatch):
                         self.metrics.patterns.inc(len(event))
                         yield pattern_batch_to_proto(event)
                     else:
