@@ -49,29 +49,15 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def _load(self, ref: str) -> Any:
         """Resolve and load a model in a worker thread, counting cache hits."""
         required_ref(ref)
-        registry = self.runtime.registry()
-
-        def load() -> Any:
-            record = registry.get(ref)
-            hit = record.sha256 in registry.cached()
-            loaded = registry.load(record)
-            self.metrics.model_loads.labels("hit" if hit else "miss").inc()
-            self.metrics.models_loaded.set(len(registry.cached()))
-            return loaded
-
-        return await self.runtime.run(load)
+        return await self.runtime.load(ref)
 
     @rpc("Predict", model_ref=lambda r: r.model_ref)
     async def Predict(  # type: ignore[override]
         self, request: inference_pb2.PredictRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> inference_pb2.PredictResponse:
-        from preimage.server.engine import predict
-
-        loaded = await self._load(request.model_ref)
-        record = loaded.record
+        required_ref(request.model_ref)
         X = matrix_from_proto(request.inputs, "inputs")
-        outputs = await self.runtime.run(predict, loaded.module, X, width=record.input_width)
-        self.metrics.predict_rows.inc(X.shape[0])
+        record, outputs = await self.runtime.predict(request.model_ref, X)
         return inference_pb2.PredictResponse(
             model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
             outputs=matrix_to_proto(outputs),

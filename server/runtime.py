@@ -14,7 +14,9 @@ from preimage.server.metrics import Metrics
 from preimage.server.settings import Settings
 
 if TYPE_CHECKING:
-    from preimage.registry import Registry
+    import numpy as np
+
+    from preimage.registry import LoadedModel, ModelRecord, Registry
 
 __all__ = ["Runtime", "Slots"]
 
@@ -74,3 +76,35 @@ class Runtime:
         """Run blocking ``fn`` in a worker thread and await its result."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+
+    async def load(self, ref: str) -> LoadedModel:
+        """Resolve ``ref`` and load its converted module in a worker thread, counting cache hits."""
+        registry = self.registry()
+
+        def load() -> LoadedModel:
+            record = registry.get(ref)
+            hit = record.sha256 in registry.cached()
+            loaded = registry.load(record)
+            self.metrics.model_loads.labels("hit" if hit else "miss").inc()
+            self.metrics.models_loaded.set(len(registry.cached()))
+            return loaded
+
+        return await self.run(load)
+
+    async def predict(self, ref: str, X: np.ndarray) -> tuple[ModelRecord, np.ndarray]:
+        """The one forward path every protocol uses (preimage's Predict, the Open Inference Protocol).
+
+        Args:
+            ref: Model reference (``NAME``, ``NAME:V``, ``NAME@ALIAS``).
+            X: ``n x d`` input rows.
+
+        Returns:
+            The resolved record and the ``n x m`` float32 outputs.
+        """
+        from preimage.server.engine import predict
+
+        loaded = await self.load(ref)
+        record = loaded.record
+        outputs = await self.run(predict, loaded.module, X, width=record.input_width)
+        self.metrics.predict_rows.inc(X.shape[0])
+        return record, outputs
