@@ -237,7 +237,7 @@ def unalias_call(name: str, alias: str) -> Unary[None]:
 
 def predict_call(ref: str, X: FloatArray) -> Unary[FloatArray]:
     """Predict on one slice of rows (see :func:`predict_slices`)."""
-    request = inference_pb2.PredictRequest(model_ref=ref, inputs=convert.matrix_to_proto(X))
+    request = inference_pb2.PredictRequest(model_ref=ref, inputs=convert.matrix_to_proto(X), raw_outputs=True)
     return Unary("inference", "Predict", request, True, lambda r: convert.matrix_from_proto(r.outputs))
 
 
@@ -331,6 +331,7 @@ def invert_request(
         min_distance=float(min_distance),
         in_distribution_weight=float(in_distribution_weight),
         batch_size=int(batch_size),
+        raw_outputs=True,
     )
     if tolerance is not None:
         request.tolerance = float(tolerance)

@@ -148,8 +148,23 @@ async def split_stream(
 
 
 def matrix_from_proto(matrix: tensor_pb2.Matrix, field: str) -> np.ndarray:
-    """A ``rows x cols`` float32 array from a :class:`Matrix`, checking its size."""
+    """A ``rows x cols`` float32 array from a :class:`Matrix` in either encoding, checking its size."""
     expected = matrix.rows * matrix.cols
+    if matrix.raw:
+        if matrix.values:
+            raise InvalidArgumentError(
+                f"{field}: set either raw or values, not both ({len(matrix.values)} values and "
+                f"{len(matrix.raw)} raw bytes)",
+                field=field,
+            )
+        if len(matrix.raw) != 4 * expected:
+            raise InvalidArgumentError(
+                f"{field}: {matrix.rows} rows x {matrix.cols} columns need {4 * expected} raw bytes "
+                f"(little-endian float32), got {len(matrix.raw)}",
+                field=field,
+            )
+        # A copy: frombuffer views the (read-only) message bytes and torch wants writable arrays.
+        return np.frombuffer(matrix.raw, dtype="<f4").astype(np.float32).reshape(matrix.rows, matrix.cols)
     if len(matrix.values) != expected:
         raise InvalidArgumentError(
             f"{field}: {matrix.rows} rows x {matrix.cols} columns need {expected} values, got {len(matrix.values)}",
@@ -158,12 +173,14 @@ def matrix_from_proto(matrix: tensor_pb2.Matrix, field: str) -> np.ndarray:
     return np.asarray(matrix.values, dtype=np.float32).reshape(matrix.rows, matrix.cols)
 
 
-def matrix_to_proto(array: np.ndarray) -> tensor_pb2.Matrix:
-    """A :class:`Matrix` from a 2-D array (converted to float32)."""
+def matrix_to_proto(array: np.ndarray, *, raw: bool = False) -> tensor_pb2.Matrix:
+    """A :class:`Matrix` from a 2-D array (converted to float32), as ``raw`` bytes or packed ``values``."""
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 1:
         array = array.reshape(-1, 1)
     rows, cols = array.shape
+    if raw:
+        return tensor_pb2.Matrix(rows=rows, cols=cols, raw=np.ascontiguousarray(array, dtype="<f4").tobytes())
     matrix = tensor_pb2.Matrix(rows=rows, cols=cols)
     # tolist() then extend is the fastest bulk path into a packed repeated field.
     matrix.values.extend(array.ravel().tolist())
@@ -339,13 +356,13 @@ def invert_request_to_spec(
     return spec, tuple(bounds), tuple(fixed)
 
 
-def pattern_batch_to_proto(batch: PatternBatch) -> inference_pb2.InvertResponse:
-    """An Invert stream message carrying a batch of patterns."""
+def pattern_batch_to_proto(batch: PatternBatch, *, raw: bool = False) -> inference_pb2.InvertResponse:
+    """An Invert stream message carrying a batch of patterns (matrices as ``raw`` bytes when asked)."""
     return inference_pb2.InvertResponse(
         patterns=inference_pb2.PatternBatch(
-            inputs=matrix_to_proto(batch.inputs),
-            outputs=matrix_to_proto(batch.outputs),
-            errors=matrix_to_proto(batch.errors),
+            inputs=matrix_to_proto(batch.inputs, raw=raw),
+            outputs=matrix_to_proto(batch.outputs, raw=raw),
+            errors=matrix_to_proto(batch.errors, raw=raw),
         )
     )
 

@@ -60,7 +60,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         record, outputs = await self.runtime.predict(request.model_ref, X)
         return inference_pb2.PredictResponse(
             model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
-            outputs=matrix_to_proto(outputs),
+            outputs=matrix_to_proto(outputs, raw=request.raw_outputs),
         )
 
     @rpc("Invert", model_ref=lambda r: r.model_ref)
@@ -90,7 +90,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
                     if isinstance(event, PatternBatch):
                         self.metrics.patterns.inc(len(event))
-                        yield pattern_batch_to_proto(event)
+                        yield pattern_batch_to_proto(event, raw=request.raw_outputs)
                     else:
                         self.metrics.passes.labels("forward").inc(event.forward_passes)
                         self.metrics.passes.labels("backward").inc(event.backward_passes)

@@ -154,8 +154,13 @@ class PredictRequest(_message.Message):
 
     MODEL_REF_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    RAW_OUTPUTS_FIELD_NUMBER: _builtins.int
     model_ref: _builtins.str
     """`NAME`, `NAME:VERSION` or `NAME@ALIAS`."""
+    raw_outputs: _builtins.bool
+    """Answer with `Matrix.raw` (little-endian float32 bytes) instead of packed
+    `values`.
+    """
     @_builtins.property
     def inputs(self) -> _tensor_pb2.Matrix:
         """Rows x input_width raw input columns."""
@@ -165,10 +170,11 @@ class PredictRequest(_message.Message):
         *,
         model_ref: _builtins.str = ...,
         inputs: _tensor_pb2.Matrix | None = ...,
+        raw_outputs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model_ref", b"model_ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "model_ref", b"model_ref", "raw_outputs", b"raw_outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -369,6 +375,7 @@ class InvertRequest(_message.Message):
     IN_DISTRIBUTION_WEIGHT_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    RAW_OUTPUTS_FIELD_NUMBER: _builtins.int
     model_ref: _builtins.str
     """`NAME`, `NAME:VERSION` or `NAME@ALIAS`."""
     count: _builtins.int
@@ -389,6 +396,10 @@ class InvertRequest(_message.Message):
     """
     batch_size: _builtins.int
     """Most patterns per streamed message; 0 lets the server choose."""
+    raw_outputs: _builtins.bool
+    """Answer with `Matrix.raw` (little-endian float32 bytes) instead of packed
+    `values` in every PatternBatch.
+    """
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Target]:
         """One target per model output."""
@@ -421,10 +432,11 @@ class InvertRequest(_message.Message):
         in_distribution_weight: _builtins.float = ...,
         budget: Global___InvertBudget | None = ...,
         batch_size: _builtins.int = ...,
+        raw_outputs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_tolerance", b"_tolerance", "budget", b"budget", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_tolerance", b"_tolerance", "batch_size", b"batch_size", "bounds", b"bounds", "budget", b"budget", "count", b"count", "fixed_features", b"fixed_features", "in_distribution_weight", b"in_distribution_weight", "min_distance", b"min_distance", "mode", b"mode", "model_ref", b"model_ref", "prior", b"prior", "seed", b"seed", "targets", b"targets", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_tolerance", b"_tolerance", "batch_size", b"batch_size", "bounds", b"bounds", "budget", b"budget", "count", b"count", "fixed_features", b"fixed_features", "in_distribution_weight", b"in_distribution_weight", "min_distance", b"min_distance", "mode", b"mode", "model_ref", b"model_ref", "prior", b"prior", "raw_outputs", b"raw_outputs", "seed", b"seed", "targets", b"targets", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preimage/v1/tensor.proto\x12\x0bpreimage.v1\"4\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"0\n\x0fModelVersionRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\rBn\n\x0f\x64\x65v.preimage.v1B\x0bTensorProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preimage/v1/tensor.proto\x12\x0bpreimage.v1\"A\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0c\n\x04\x63ols\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\x12\x0b\n\x03raw\x18\x04 \x01(\x0c\"0\n\x0fModelVersionRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\rBn\n\x0f\x64\x65v.preimage.v1B\x0bTensorProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.preimage.v1B\013TensorProtoP\001Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\252\002\013Preimage.V1'
   _globals['_MATRIX']._serialized_start=41
-  _globals['_MATRIX']._serialized_end=93
-  _globals['_MODELVERSIONREF']._serialized_start=95
-  _globals['_MODELVERSIONREF']._serialized_end=143
+  _globals['_MATRIX']._serialized_end=106
+  _globals['_MODELVERSIONREF']._serialized_start=108
+  _globals['_MODELVERSIONREF']._serialized_end=156
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,18 @@ DESCRIPTOR: _descriptor.FileDescriptor
 @_typing.final
 class Matrix(_message.Message):
     """A dense float32 matrix in row-major order: `rows` patterns of `cols`
-    values each. `values` holds exactly rows * cols numbers (packed on the wire).
+    values each, carried in exactly one of two encodings:
+
+    - `values`: rows * cols packed floats (every protobuf library reads them);
+    - `raw`: the same numbers as rows * cols * 4 bytes of little-endian IEEE-754
+      float32, which a client turns into an array without a per-element loop
+      (numpy.frombuffer, Go's math.Float32frombits over encoding/binary,
+      Java's ByteBuffer.order(LITTLE_ENDIAN).asFloatBuffer(), Node's
+      Float32Array on a little-endian host).
+
+    A matrix with `raw` set has an empty `values`. The server accepts either
+    encoding in requests and answers with `raw` when the request asks for it
+    (`raw_outputs`), else with `values`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -29,10 +40,15 @@ class Matrix(_message.Message):
     ROWS_FIELD_NUMBER: _builtins.int
     COLS_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
+    RAW_FIELD_NUMBER: _builtins.int
     rows: _builtins.int
     """Number of rows (patterns)."""
     cols: _builtins.int
     """Number of columns (features or outputs)."""
+    raw: _builtins.bytes
+    """Row-major little-endian float32 bytes; bytes [4 * (r * cols + c), +4)
+    are row r, column c. Exactly rows * cols * 4 bytes when set.
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Row-major values; values[r * cols + c] is row r, column c."""
@@ -43,10 +59,11 @@ class Matrix(_message.Message):
         rows: _builtins.int = ...,
         cols: _builtins.int = ...,
         values: _abc.Iterable[_builtins.float] | None = ...,
+        raw: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "rows", b"rows", "values", b"values"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cols", b"cols", "raw", b"raw", "rows", b"rows", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

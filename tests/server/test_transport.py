@@ -11,7 +11,7 @@ import pytest
 
 from preimage.server.app import SERVICE_NAMES, start_server
 from preimage.server.settings import Settings
-from preimage.v1 import inference_pb2
+from preimage.v1 import inference_pb2, tensor_pb2
 from tests.models import onnx_eval
 from tests.server.conftest import Stubs, connect, register
 from tests.server.test_end_to_end import as_array, to_matrix
@@ -25,6 +25,43 @@ def test_hundred_thousand_row_predict(stubs: Stubs, example_model_bytes: bytes) 
     )
     assert out.outputs.rows == 100_000
     np.testing.assert_allclose(as_array(out.outputs), onnx_eval(example_model_bytes, X), rtol=1e-5, atol=1e-5)
+
+
+def raw_matrix(X: np.ndarray) -> tensor_pb2.Matrix:
+    return tensor_pb2.Matrix(rows=X.shape[0], cols=X.shape[1], raw=np.ascontiguousarray(X, dtype="<f4").tobytes())
+
+
+def from_raw(matrix: tensor_pb2.Matrix) -> np.ndarray:
+    assert not matrix.values, "a raw answer carries no packed values"
+    return np.frombuffer(matrix.raw, dtype="<f4").reshape(matrix.rows, matrix.cols)
+
+
+@pytest.mark.parametrize("raw_in", [False, True], ids=["values-in", "raw-in"])
+@pytest.mark.parametrize("raw_out", [False, True], ids=["values-out", "raw-out"])
+def test_predict_matrix_encodings(stubs: Stubs, example_model_bytes: bytes, raw_in: bool, raw_out: bool) -> None:
+    register(stubs, "difficulty", example_model_bytes)
+    X = np.random.default_rng(5).random((257, 10), dtype=np.float32)
+    request = inference_pb2.PredictRequest(
+        model_ref="difficulty", inputs=raw_matrix(X) if raw_in else to_matrix(X), raw_outputs=raw_out
+    )
+    out = stubs.inference.Predict(request, timeout=60).outputs
+    got = from_raw(out) if raw_out else as_array(out)
+    assert not raw_out or len(out.raw) == 4 * 257
+    np.testing.assert_allclose(got, onnx_eval(example_model_bytes, X), rtol=1e-5, atol=1e-5)
+
+
+def test_invert_raw_patterns(stubs: Stubs, example_model_bytes: bytes) -> None:
+    register(stubs, "difficulty", example_model_bytes)
+    request = inference_pb2.InvertRequest(
+        model_ref="difficulty", targets=[inference_pb2.Target(value=7.0)], count=300, seed=3, raw_outputs=True
+    )
+    batches = [r.patterns for r in stubs.inference.Invert(request, timeout=120) if r.WhichOneof("event") == "patterns"]
+    X = np.concatenate([from_raw(b.inputs) for b in batches])
+    outputs = np.concatenate([from_raw(b.outputs) for b in batches])
+    assert X.shape == (300, 10)
+    independent = onnx_eval(example_model_bytes, X)
+    np.testing.assert_allclose(outputs, independent, atol=1e-5)
+    assert np.all(np.abs(independent - 7.0) <= 1e-3 + 1e-5)
 
 
 def test_message_over_limit_is_resource_exhausted(tmp_path: Path, example_model_bytes: bytes) -> None:
