@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 
 from preimage.client import _requests, _wire, convert
-from preimage.client._channel import ChannelConfig, Deadline, RetryPolicy
+from preimage.client._channel import ChannelConfig, Deadline, Retries, RetryPolicy
 from preimage.client._requests import CapturingIterator, InvertState
 from preimage.client.errors import CancelledError, InternalError, PreimageError, error_from_rpc
 from preimage.client.types import (
@@ -49,8 +49,8 @@ class InvertStreamBase:
         self._ref = ref
         self._options = options
         self._named = named
-        self._delays = client.config.retry.delays()
         self._deadline = deadline
+        self._retries = Retries(client.config.retry, deadline)
         self.request_id = request_id
         """The ``x-request-id`` the call was sent with."""
         self._metadata = client.config.call_metadata(request_id)
@@ -102,14 +102,13 @@ class InvertStreamBase:
     def _retry_delay(self, exc: grpc.RpcError) -> float | None:
         """The wait before reopening after ``exc``, or ``None`` when it must not be retried.
 
-        Only UNAVAILABLE before the first message is retried: after that, a new
-        call would repeat patterns already handed out.
+        UNAVAILABLE, and RESOURCE_EXHAUSTED with a retry hint (the server's
+        admission queue is full), are retried only before the first message:
+        after that, a new call would repeat patterns already handed out.
         """
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
-        if code is not grpc.StatusCode.UNAVAILABLE or self._state.received:
+        if self._state.received:
             return None
-        delay = next(self._delays, None)
-        return delay if delay is not None and self._deadline.allows(delay) else None
+        return self._retries.delay(exc)
 
     def _failed(self, exc: grpc.RpcError) -> PreimageError:
         self._done = True

@@ -12,9 +12,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from preimage.client.errors import DeadlineExceededError
+from preimage.client.errors import DeadlineExceededError, retry_hint
 
-__all__ = ["ChannelConfig", "Deadline", "RetryPolicy"]
+__all__ = ["ChannelConfig", "Deadline", "Retries", "RetryPolicy"]
 
 # Replies (Predict outputs, model lists, pattern batches) may be larger than
 # gRPC's 4 MiB default; requests are chunked by the client and need no raise.
@@ -24,12 +24,21 @@ _EXPIRED = 1e-6
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff for UNAVAILABLE on idempotent calls.
+    """Exponential backoff for UNAVAILABLE, and for RESOURCE_EXHAUSTED with a retry hint, on idempotent calls.
 
     Only ``models``, ``model``, ``predict``, ``health`` and an ``invert`` that has
     not received its first message are retried; ``register``, ``train``,
     ``delete`` and alias changes never are, because a lost reply does not mean
     the server did nothing.
+
+    UNAVAILABLE waits the backoff. RESOURCE_EXHAUSTED is retried only when the
+    server attached a ``google.rpc.RetryInfo`` (its admission queue is full, or
+    the deadline cannot be met yet); the wait is then the larger of the hint and
+    the backoff, with up to ``jitter`` of it *added*, so a client never comes back
+    before the server asked and many clients told the same hint spread out.
+    RESOURCE_EXHAUSTED without a hint (a message or count over a limit) would
+    fail again and is never retried. No wait runs past the call's deadline: a
+    retry that would is not made, and the original error is raised.
 
     Attributes:
         max_attempts: Attempts in all, the first included (1 disables retries).
@@ -55,6 +64,55 @@ class RetryPolicy:
         for _ in range(max(self.max_attempts, 1) - 1):
             yield min(delay, self.max_backoff) * (1.0 - self.jitter * random.random())
             delay *= self.multiplier
+
+    def after_hint(self, hint: float, backoff: float) -> float:
+        """The wait when the server asked for ``hint`` seconds and the backoff says ``backoff``.
+
+        Example:
+            >>> RetryPolicy(jitter=0.0).after_hint(1.5, 0.1)
+            1.5
+        """
+        if hint <= backoff:
+            return backoff
+        return hint * (1.0 + self.jitter * random.random())
+
+
+class Retries:
+    """The retry decisions of one call: which failures to retry, and how long to wait first.
+
+    Args:
+        policy: The backoff.
+        deadline: The call's deadline; no wait may run past it.
+        idempotent: Whether the call may be retried at all.
+
+    Example:
+        >>> Retries(RetryPolicy(), Deadline(1.0), idempotent=False).delay(None) is None
+        True
+    """
+
+    def __init__(self, policy: RetryPolicy, deadline: Deadline, *, idempotent: bool = True) -> None:
+        self.policy = policy
+        self.deadline = deadline
+        self._delays = policy.delays() if idempotent else iter(())
+
+    def delay(self, exc: grpc.RpcError | None) -> float | None:
+        """Seconds to wait before retrying after ``exc``, or ``None`` when it must be raised."""
+        code_fn = getattr(exc, "code", None)
+        code = code_fn() if callable(code_fn) else None
+        if code is grpc.StatusCode.UNAVAILABLE:
+            hint = 0.0
+        elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            found = retry_hint(exc)  # type: ignore[arg-type]
+            if found is None:
+                return None
+            hint = found
+        else:
+            return None
+        backoff = next(self._delays, None)
+        if backoff is None:
+            return None
+        wait = self.policy.after_hint(hint, backoff)
+        return wait if self.deadline.allows(wait) else None
 
 
 class Deadline:
@@ -107,7 +165,7 @@ class ChannelConfig:
         certificate_chain: PEM client certificate for mutual TLS (bytes or a path).
         tls: Force TLS on (with the system roots) or off; default: on when any PEM is given.
         timeout: Default per-call deadline in seconds (``None``: none).
-        retry: Backoff for UNAVAILABLE on idempotent calls.
+        retry: Backoff for UNAVAILABLE and hinted RESOURCE_EXHAUSTED on idempotent calls.
         options: Extra gRPC channel options.
         metadata: Extra metadata sent on every call.
     """

@@ -25,7 +25,7 @@ import grpc.aio
 
 from preimage.client import _requests
 from preimage.client._base import ClientBase, InvertStreamBase, TrainRunBase
-from preimage.client._channel import Deadline
+from preimage.client._channel import Deadline, Retries
 from preimage.client._requests import CapturingIterator, PatternArrays, Upload
 from preimage.client.errors import DeadlineExceededError, error_from_rpc
 from preimage.client.types import (
@@ -42,6 +42,8 @@ __all__ = ["AsyncClient", "AsyncInvertStream", "AsyncTrainRun"]
 
 R = TypeVar("R")
 T = TypeVar("T")
+
+_sleep = asyncio.sleep  # the wait between retries; a name tests can replace
 
 
 async def _in_thread(source: Iterator[T]) -> AsyncIterator[T]:
@@ -73,7 +75,7 @@ class AsyncInvertStream(InvertStreamBase):
             delay = self._retry_delay(exc)
             if delay is None:
                 raise self._failed(exc) from exc
-            await asyncio.sleep(delay)
+            await _sleep(delay)
             self._open()
             return
         except asyncio.CancelledError:
@@ -184,11 +186,11 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
         return self.config.aio_channel()
 
     async def _run(self, call: _requests.Unary[R], timeout: float | None, request_id: str | None = None) -> R:
-        """Make one unary call, retrying UNAVAILABLE with backoff when it is idempotent."""
+        """Make one unary call, retrying UNAVAILABLE and hinted RESOURCE_EXHAUSTED when it is idempotent."""
         rid = request_id or _requests.new_request_id()
         metadata = self.config.call_metadata(rid)
         deadline = self.config.deadline(timeout)
-        delays = self.config.retry.delays() if call.idempotent else iter(())
+        retries = Retries(self.config.retry, deadline, idempotent=call.idempotent)
         method = self._method(call)
         while True:
             # A request stream (register) is read off the loop; it is never retried, so it is read once.
@@ -199,11 +201,10 @@ class AsyncClient(ClientBase[AsyncInvertStream, AsyncTrainRun]):
             except grpc.aio.AioRpcError as exc:
                 if isinstance(call.request, CapturingIterator) and call.request.error is not None:
                     raise call.request.error from exc
-                if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    delay = next(delays, None)
-                    if delay is not None and deadline.allows(delay):
-                        await asyncio.sleep(delay)
-                        continue
+                delay = retries.delay(exc)
+                if delay is not None:
+                    await _sleep(delay)
+                    continue
                 raise error_from_rpc(exc, request_id=rid) from exc
 
     async def close(self) -> None:

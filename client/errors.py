@@ -50,6 +50,7 @@ __all__ = [
     "Unimplemented",
     "UnimplementedError",
     "error_from_rpc",
+    "retry_hint",
 ]
 
 
@@ -228,6 +229,15 @@ def _details(metadata: Any) -> tuple[str | None, float | None]:
         # Details are a courtesy: a malformed trailer must not hide the real error.
         return None, None
     return field, retry_after
+
+
+def retry_hint(exc: grpc.RpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay a failed call carries, in seconds, or ``None``.
+
+    Works for blocking and asyncio errors alike.
+    """
+    trailing_fn = getattr(exc, "trailing_metadata", None)
+    return _details(trailing_fn() if callable(trailing_fn) else None)[1]
 
 
 def error_from_rpc(exc: grpc.RpcError, *, request_id: str | None = None) -> PreimageError:

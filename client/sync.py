@@ -12,7 +12,7 @@ import grpc
 
 from preimage.client import _requests
 from preimage.client._base import ClientBase, InvertStreamBase, TrainRunBase
-from preimage.client._channel import Deadline
+from preimage.client._channel import Deadline, Retries
 from preimage.client._requests import CapturingIterator, PatternArrays, Upload
 from preimage.client.errors import DeadlineExceededError, error_from_rpc
 from preimage.client.types import (
@@ -29,6 +29,8 @@ from preimage.v1 import inference_pb2
 __all__ = ["Client", "InvertStream", "TrainRun"]
 
 R = TypeVar("R")
+
+_sleep = time.sleep  # the wait between retries; a name tests can replace
 
 
 class InvertStream(InvertStreamBase):
@@ -59,7 +61,7 @@ class InvertStream(InvertStreamBase):
             delay = self._retry_delay(exc)
             if delay is None:
                 raise self._failed(exc) from exc
-            time.sleep(delay)
+            _sleep(delay)
             self._open()
             return
         self._accept(response)
@@ -174,8 +176,8 @@ class Client(ClientBase[InvertStream, TrainRun]):
         certificate_chain: PEM client certificate for mutual TLS.
         tls: Force TLS on (system roots) or off.
         timeout: Default per-call deadline in seconds; ``None`` waits as long as it takes.
-        retry: Backoff for UNAVAILABLE on idempotent calls (list, get, predict, health, and
-            invert before its first message).
+        retry: Backoff for UNAVAILABLE, and for RESOURCE_EXHAUSTED carrying a RetryInfo hint,
+            on idempotent calls (list, get, predict, health, and invert before its first message).
         chunk_size: Bytes per RegisterModel chunk.
         options: Extra gRPC channel options.
         metadata: Extra metadata for every call.
@@ -195,11 +197,11 @@ class Client(ClientBase[InvertStream, TrainRun]):
         return self.config.channel()
 
     def _run(self, call: _requests.Unary[R], timeout: float | None, request_id: str | None = None) -> R:
-        """Make one unary call, retrying UNAVAILABLE with backoff when it is idempotent."""
+        """Make one unary call, retrying UNAVAILABLE and hinted RESOURCE_EXHAUSTED when it is idempotent."""
         rid = request_id or _requests.new_request_id()
         metadata = self.config.call_metadata(rid)
         deadline = self.config.deadline(timeout)
-        delays = self.config.retry.delays() if call.idempotent else iter(())
+        retries = Retries(self.config.retry, deadline, idempotent=call.idempotent)
         method = self._method(call)
         while True:
             deadline.check(rid)
@@ -208,11 +210,10 @@ class Client(ClientBase[InvertStream, TrainRun]):
             except grpc.RpcError as exc:
                 if isinstance(call.request, CapturingIterator) and call.request.error is not None:
                     raise call.request.error from exc
-                if exc.code() is grpc.StatusCode.UNAVAILABLE:
-                    delay = next(delays, None)
-                    if delay is not None and deadline.allows(delay):
-                        time.sleep(delay)
-                        continue
+                delay = retries.delay(exc)
+                if delay is not None:
+                    _sleep(delay)
+                    continue
                 raise error_from_rpc(exc, request_id=rid) from exc
 
     def close(self) -> None:

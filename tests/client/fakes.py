@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from preimage.client import _wire
 from preimage.v1 import (
     inference_pb2,
     inference_pb2_grpc,
@@ -60,6 +61,11 @@ class _Fake(registry_pb2_grpc.RegistryServiceServicer, inference_pb2_grpc.Infere
         if self.script.details is not None:
             context.set_trailing_metadata((("grpc-status-details-bin", self.script.details),))
         context.abort(self.script.failure_code, f"scripted {self.script.failure_code.name}")
+
+    def Check(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``grpc.health.v1.Health/Check``: SERVING (raw bytes in and out)."""
+        self._enter("Check", context)
+        return bytes(_wire.HealthCheckResponse(status=1).SerializeToString())
 
     def ListModels(self, request: Any, context: grpc.ServicerContext) -> registry_pb2.ListModelsResponse:
         self._enter("ListModels", context)
@@ -110,6 +116,8 @@ class FakeServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(self.fake, self.server)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(self.fake, self.server)
+        health = {"Check": grpc.unary_unary_rpc_method_handler(self.fake.Check)}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("grpc.health.v1.Health", health),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
 
