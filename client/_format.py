@@ -12,7 +12,6 @@ from preimage.client.types import (
     FeatureKind,
     InvertSummary,
     ModelInfo,
-    Pattern,
     TrainProgress,
     TrainResult,
 )
@@ -23,7 +22,6 @@ __all__ = [
     "format_number",
     "json_line",
     "models_table",
-    "pattern_table",
     "summary_lines",
     "table",
     "train_result_lines",
@@ -105,20 +103,6 @@ def describe_model(info: ModelInfo) -> str:
     if info.statistics is not None:
         lines.append(f"training data  {info.statistics.rows} rows (statistics stored)")
     return "\n".join(lines)
-
-
-def pattern_table(patterns: Sequence[Pattern], output_names: Sequence[str]) -> str:
-    """Patterns as a table: features (by name when known), outputs, then the largest error."""
-    if not patterns:
-        return "(no patterns)"
-    first = patterns[0]
-    inputs = list(first.features) if first.features is not None else [f"x{i}" for i in range(first.input.size)]
-    outputs = list(output_names) or [f"y{i}" for i in range(first.output.size)]
-    rows = []
-    for p in patterns:
-        values = list(p.features.values()) if p.features is not None else [float(v) for v in p.input]
-        rows.append([*values, *(float(v) for v in p.output), float(p.error.max(initial=0.0))])
-    return table([*inputs, *outputs, "error"], rows)
 
 
 def summary_lines(summary: InvertSummary) -> list[str]:

@@ -21,9 +21,9 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from preimage.client import _format
+from preimage.client import _format, _writers
 from preimage.client.errors import (
     CancelledError,
     DeadlineExceededError,
@@ -38,7 +38,7 @@ from preimage.client.errors import (
     UnimplementedError,
 )
 from preimage.client.sync import Client, InvertStream, TrainRun
-from preimage.client.types import FeatureValue, Pattern, TrainProgress, TrainResult, TrainWarning
+from preimage.client.types import FeatureValue, TrainProgress, TrainResult, TrainWarning
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -219,8 +219,7 @@ def _read_rows(path: str) -> list[Any]:
 def cmd_predict(client: Client, args: argparse.Namespace) -> int:
     rows: Any = [_floats(text, "--input") for text in args.input] if args.input else _read_rows(args.file)
     outputs = client.predict(args.ref, rows)
-    for row in outputs.tolist():
-        _print(_format.json_line(row) if args.jsonl else ",".join(_format.format_number(v) for v in row))
+    sys.stdout.write(_writers.prediction_lines(outputs, jsonl=args.jsonl))
     return 0
 
 
@@ -248,35 +247,63 @@ def _invert_stream(client: Client, args: argparse.Namespace, named: bool) -> Inv
     )
 
 
+_WRITERS: dict[str, type[_writers.PatternWriter]] = {
+    "table": _writers.TableWriter,
+    "jsonl": _writers.JsonlWriter,
+    "csv": _writers.CsvWriter,
+    "npy": _writers.NpyWriter,
+}
+
+
+def _invert_format(args: argparse.Namespace) -> str:
+    """The output format from ``--format`` and its alias ``--jsonl``; refuses binary on a terminal."""
+    fmt: str = args.format or ("jsonl" if args.jsonl else "table")
+    if args.jsonl and fmt != "jsonl":
+        raise UsageError(f"--jsonl is --format jsonl; it contradicts --format {fmt}")
+    if args.names and fmt not in ("jsonl", "csv"):
+        raise UsageError(f"--names applies to --format jsonl and csv, not {fmt}")
+    to_stdout = args.output in (None, "-")
+    if fmt == "npy" and (args.output is None or (to_stdout and sys.stdout.isatty())):
+        raise UsageError("--format npy writes a binary .npy file: give --output FILE.npy (or -o - into a pipe)")
+    return fmt
+
+
+def _open_output(path: str | None, binary: bool) -> IO[Any]:
+    if path in (None, "-"):
+        return sys.stdout.buffer if binary else sys.stdout
+    return open(path, "wb") if binary else open(path, "w", encoding="utf-8", newline="\n")
+
+
 def cmd_invert(client: Client, args: argparse.Namespace) -> int:
-    # The table shows features by name; JSON lines carry raw columns unless --names.
-    named = args.names or not args.jsonl
-    stream = _invert_stream(client, args, named)
-    with stream:
-        try:
-            if args.jsonl:
-                for pattern in stream:
-                    record = pattern.to_dict()
-                    if args.names:
-                        record["input"] = record.pop("features")
-                    _print(_format.json_line({k: record[k] for k in ("input", "output", "error")}))
-                sys.stdout.flush()
-            else:
-                patterns: list[Pattern] = list(stream)
-                names = stream.schema.output_names if stream.schema else []
-                _print(_format.pattern_table(patterns, names))
-        except KeyboardInterrupt:
-            stream.cancel()
-            _err("cancelled")
-            return EXIT_INTERRUPTED
+    fmt = _invert_format(args)
+    # The table and CSV name their columns; JSON lines and .npy carry raw columns unless --names.
+    stream = _invert_stream(client, args, named=args.names or fmt in ("table", "csv"))
+    out = _open_output(args.output, binary=fmt == "npy")
+    writer: _writers.PatternWriter | None = None
+    try:
+        with stream:
+            try:
+                for batch in stream.batches():
+                    if writer is None:
+                        writer = _WRITERS[fmt](out, stream.schema, named=args.names)
+                    writer.write(batch)
+                schema = stream.schema
+                if writer is None:
+                    writer = _WRITERS[fmt](out, schema, named=args.names)
+                writer.close((schema.input_width, len(schema.outputs)) if schema is not None else None)
+            except KeyboardInterrupt:
+                stream.cancel()
+                _err("cancelled")
+                return EXIT_INTERRUPTED
+    finally:
+        if out not in (sys.stdout, sys.stdout.buffer):
+            out.close()
     summary = stream.summary
     if summary is not None:
-        lines = _format.summary_lines(summary)
-        for line in lines:
-            if args.jsonl:
-                _err(line)
-            else:
-                _print(line)
+        # Only the human table on the terminal keeps its summary beside it; data outputs stay pure.
+        show = _print if fmt == "table" and args.output in (None, "-") else _err
+        for line in _format.summary_lines(summary):
+            show(line)
     return 0
 
 
@@ -433,11 +460,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="time budget")
     p.add_argument("--max-passes", type=int, help="budget in batched model passes")
     p.add_argument(
-        "--jsonl",
-        action="store_true",
-        help="one JSON object per pattern (keys input, output, error) and nothing else on stdout; summary on stderr",
+        "--format",
+        choices=_writers.FORMATS,
+        help="table (default, for people), jsonl (one JSON object per pattern: input, output, error), "
+        "csv (a header row, then input columns, outputs, errors), npy (one structured array: needs --output); "
+        "every format but table sends the summary to stderr",
     )
-    p.add_argument("--names", action="store_true", help="with --jsonl: input as {feature: value}, levels by name")
+    p.add_argument("--jsonl", action="store_true", help="same as --format jsonl")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the patterns to FILE instead of stdout")
+    p.add_argument(
+        "--names",
+        action="store_true",
+        help="with jsonl: input as {feature: value}; with csv: one column per feature; levels by name",
+    )
     p.set_defaults(run=cmd_invert)
 
     p = sub.add_parser("train", help="train a model on a CSV table on the server, register it, show progress")
