@@ -40,10 +40,14 @@ __all__ = [
     "PatternWriter",
     "TableWriter",
     "csv_header",
+    "csv_patterns",
     "jsonl_patterns",
     "npy_dtype",
     "pattern_table",
     "prediction_lines",
+    "table_cells",
+    "table_header",
+    "table_text",
 ]
 
 FORMATS = ("table", "jsonl", "csv", "npy")
@@ -195,33 +199,46 @@ def _needs_quotes(levels: Sequence[str]) -> bool:
     return any(_csv_cell(level) != level for level in levels)
 
 
+def table_header(schema: FeatureSchema | None, d: int, m: int) -> list[str]:
+    """The table's column names: features (or ``x0..``), outputs (or ``y0..``), ``error``."""
+    inputs = schema.feature_names if schema is not None else [f"x{i}" for i in range(d)]
+    return [*inputs, *_output_names(schema, m), "error"]
+
+
+def table_cells(batch: PatternArrays, schema: FeatureSchema | None) -> list[list[str]]:
+    """A batch's table cells, one list of strings per column (see :func:`table_header`)."""
+    X, Y, E = batch
+    if schema is not None:
+        columns = [
+            col if f.kind is FeatureKind.CATEGORICAL else _table_strings(col, f.kind)
+            for f, col in zip(schema.inputs, _feature_columns(schema, X, json=False), strict=True)
+        ]
+    else:
+        columns = [_strings("%.6g", X[:, i].astype(np.float64)) for i in range(X.shape[1])]
+    columns += [_strings("%.6g", Y[:, j].astype(np.float64)) for j in range(Y.shape[1])]
+    columns.append(_strings("%.6g", np.max(E, axis=1, initial=0.0).astype(np.float64)))
+    return columns
+
+
+def table_text(header: Sequence[str], columns: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns two spaces apart under ``header``, no trailing spaces; ``(no patterns)`` for none."""
+    n = len(columns[0]) if columns else 0
+    if n == 0:
+        return "(no patterns)"
+    widths = [max(len(h), max(map(len, col))) for h, col in zip(header, columns, strict=True)]
+    # Every column padded but the last: what rstrip of a fully padded line leaves.
+    fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])
+    return fmt % tuple(header) + "\n" + _formatted(fmt, _interleave(columns), n).rstrip("\n")
+
+
 def pattern_table(batch: PatternArrays, schema: FeatureSchema | None) -> str:
     """Patterns as the CLI's table: features (by name when known), outputs, then the largest error.
 
     Values to 6 significant digits, columns left-aligned two spaces apart, no
     trailing spaces; ``(no patterns)`` for none.
     """
-    X, Y, E = batch
-    n, d = X.shape
-    if n == 0:
-        return "(no patterns)"
-    m = Y.shape[1]
-    if schema is not None:
-        header = [*schema.feature_names]
-        columns = [
-            col if f.kind is FeatureKind.CATEGORICAL else _table_strings(col, f.kind)
-            for f, col in zip(schema.inputs, _feature_columns(schema, X, json=False), strict=True)
-        ]
-    else:
-        header = [f"x{i}" for i in range(d)]
-        columns = [_strings("%.6g", X[:, i].astype(np.float64)) for i in range(d)]
-    header += [*_output_names(schema, m), "error"]
-    columns += [_strings("%.6g", Y[:, j].astype(np.float64)) for j in range(m)]
-    columns.append(_strings("%.6g", np.max(E, axis=1, initial=0.0).astype(np.float64)))
-    widths = [max(len(h), max(map(len, col))) for h, col in zip(header, columns, strict=True)]
-    # Every column padded but the last: what rstrip of a fully padded line leaves.
-    fmt = "  ".join([*(f"%-{w}s" for w in widths[:-1]), "%s"])
-    return fmt % tuple(header) + "\n" + _formatted(fmt, _interleave(columns), n).rstrip("\n")
+    header = table_header(schema, batch.inputs.shape[1], batch.outputs.shape[1])
+    return table_text(header, table_cells(batch, schema))
 
 
 def _table_strings(column: Sequence[Any], kind: FeatureKind) -> list[str]:
@@ -310,11 +327,26 @@ class _Collecting(PatternWriter):
         return PatternArrays(*(np.concatenate(parts) for parts in zip(*self.batches, strict=True)))
 
 
-class TableWriter(_Collecting):
-    """The human table, written once every pattern is in (its widths depend on all of them)."""
+class TableWriter(PatternWriter):
+    """The human table: cells formatted as batches come, laid out once all are in (widths need them all)."""
+
+    def __init__(self, out: IO[Any], schema: FeatureSchema | None, *, named: bool = False) -> None:
+        super().__init__(out, schema, named=named)
+        self._columns: list[list[str]] = []
+        self._width: tuple[int, int] | None = None
+
+    def write(self, batch: PatternArrays) -> None:
+        cells = table_cells(batch, self.schema)
+        if not self._columns:
+            self._columns = [[] for _ in cells]
+        for column, part in zip(self._columns, cells, strict=True):
+            column.extend(part)
+        self._width = (batch.inputs.shape[1], batch.outputs.shape[1])
+        self.written += len(batch.inputs)
 
     def close(self, width: tuple[int, int] | None) -> None:
-        self.out.write(pattern_table(self.collected(width), self.schema) + "\n")
+        d, m = self._width or width or (0, 0)
+        self.out.write(table_text(table_header(self.schema, d, m), self._columns) + "\n")
         self.out.flush()
 
 
