@@ -5,8 +5,10 @@ Pattern outputs are checked with onnxruntime (``tests.models.onnx_eval``).
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pty
 import signal
 import subprocess
 from pathlib import Path
@@ -128,6 +130,106 @@ def test_invert_table_and_summary(cli: Run, example: str) -> None:
     assert lines[0].split()[:2] == ["enemy_density", "enemy_speed"] and lines[0].split()[-2:] == ["difficulty", "error"]
     assert len([line for line in lines[1:5] if line.strip()]) == 4
     assert any(line.startswith("complete: 4 of 4 patterns from difficulty:1") for line in lines)
+
+
+EXAMPLE_FEATURES = json.loads((EXAMPLE_MODEL.parent / "schema.json").read_text())["inputs"]
+INVERT_7 = ["--target", "7", "-n", "40", "--seed", "6"]
+
+
+def _check_example(X: np.ndarray, Y: np.ndarray, *, atol: float = SLACK) -> None:
+    """Patterns of the example model at target 7, judged by onnxruntime."""
+    truth = onnx_eval(EXAMPLE_MODEL, X.astype(np.float32))
+    assert len(X) == 40 and X.min() >= 0 and X.max() <= 1
+    assert np.all(np.abs(truth - 7.0) <= TOL + atol)
+    np.testing.assert_allclose(Y, truth, atol=atol)
+
+
+def test_invert_formats_to_files_parse_back(cli: Run, example: str, tmp_path: Path) -> None:
+    jsonl, csv, table, npy = (tmp_path / f"out.{ext}" for ext in ("jsonl", "csv", "txt", "npy"))
+    for fmt, path in (("jsonl", jsonl), ("csv", csv), ("table", table), ("npy", npy)):
+        done = cli("invert", example, *INVERT_7, "--format", fmt, "-o", str(path))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "" and "complete: 40 of 40" in done.stderr  # the file holds only patterns
+
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    X = np.array([r["input"] for r in records], np.float32)
+    _check_example(X, np.array([r["output"] for r in records]))
+
+    header, *rows = csv.read_text().splitlines()
+    names = [f["name"] for f in EXAMPLE_FEATURES]
+    assert header.split(",") == [*names, "difficulty", "error_difficulty"]
+    values = np.array([row.split(",") for row in rows], np.float64)
+    # Full precision: the CSV holds exactly the patterns of the JSON lines (same seed, same stream).
+    np.testing.assert_array_equal(values[:, :10].astype(np.float32), X)
+    _check_example(values[:, :10], values[:, 10:11])
+    np.testing.assert_allclose(values[:, 11], np.abs(values[:, 10] - 7.0), atol=SLACK)
+
+    head, *lines = table.read_text().splitlines()
+    assert head.split() == [*names, "difficulty", "error"] and len(lines) == 40
+    cells = np.array([line.split() for line in lines], np.float64)
+    _check_example(cells[:, :10], cells[:, 10:11], atol=1e-3)  # 6 significant digits
+
+    records_npy = np.load(npy)
+    assert records_npy.dtype.names == ("input", "output", "error")
+    assert records_npy["input"].shape == (40, 10) and records_npy["output"].shape == (40, 1)
+    assert records_npy["input"].dtype == np.float32
+    np.testing.assert_array_equal(records_npy["input"], X)
+    _check_example(records_npy["input"], records_npy["output"])
+    np.testing.assert_allclose(records_npy["error"], np.abs(records_npy["output"] - 7.0), atol=SLACK)
+
+
+def test_invert_csv_on_stdout_by_feature_name(cli: Run, mixed: tuple[str, bytes]) -> None:
+    ref, model = mixed
+    args = ["invert", ref, "--target-range", "4:6", "-n", "12", "--seed", "8", "--fix", "theme=lava"]
+    raw = cli(*args, "--format", "csv")
+    named = cli(*args, "--format", "csv", "--names")
+    assert raw.returncode == 0 and named.returncode == 0, raw.stderr + named.stderr
+    header, *rows = raw.stdout.splitlines()
+    assert header == "speed,walls,has_boss,theme=ice,theme=lava,theme=forest,difficulty,error_difficulty"
+    X = np.array([row.split(",")[:6] for row in rows], np.float32)
+    truth = onnx_eval(model, X)
+    assert len(X) == 12 and np.all((truth >= 4 - SLACK) & (truth <= 6 + SLACK))
+    named_header, *named_rows = named.stdout.splitlines()
+    assert named_header == "speed,walls,has_boss,theme,difficulty,error_difficulty"
+    cells = [row.split(",") for row in named_rows]
+    assert [c[3] for c in cells] == ["lava"] * 12
+    assert [int(c[1]) for c in cells] == X[:, 1].astype(int).tolist()
+    np.testing.assert_array_equal(np.array([c[0] for c in cells], np.float32), X[:, 0])
+
+
+def test_invert_npy_refuses_a_terminal_and_needs_an_output(cli: Run, served: Served, example: str) -> None:
+    missing = cli("invert", example, *INVERT_7, "--format", "npy")
+    assert missing.returncode == 2 and "--output" in missing.stderr and missing.stdout == ""
+    # A terminal on stdout: binary is refused before any call.
+    leader, follower = pty.openpty()
+    try:
+        env = {**os.environ, "PREIMAGE_SERVER": served.address}
+        done = subprocess.run(
+            [*preimage_command(), "invert", example, *INVERT_7, "--format", "npy", "-o", "-"],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert done.returncode == 2 and "binary" in done.stderr
+    contradiction = cli("invert", example, *INVERT_7, "--jsonl", "--format", "csv")
+    assert contradiction.returncode == 2 and "--jsonl" in contradiction.stderr
+
+
+def test_invert_npy_into_a_pipe(served: Served, example: str) -> None:
+    done = subprocess.run(
+        [*preimage_command(), "invert", example, *INVERT_7, "--format", "npy", "-o", "-"],
+        capture_output=True,
+        env={**os.environ, "PREIMAGE_SERVER": served.address},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    records = np.load(io.BytesIO(done.stdout))
+    _check_example(records["input"], records["output"])
 
 
 def test_alias_and_delete(cli: Run, tmp_path: Path) -> None:
