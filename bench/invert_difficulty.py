@@ -44,14 +44,14 @@ TARGET = 7.0
 TOLERANCE = 1e-3
 
 
-def count_valid(session: ort.InferenceSession, X: np.ndarray) -> int:
-    """Distinct rows within the tolerance (by onnxruntime) and inside [0, 1]."""
+def count_valid(session: ort.InferenceSession, X: np.ndarray, tolerance: float = TOLERANCE) -> int:
+    """Distinct rows within ``tolerance`` of the target (by onnxruntime) and inside [0, 1]."""
     if len(X) == 0:
         return 0
     X = np.unique(X.astype(np.float32), axis=0)
     out = session.run(None, {session.get_inputs()[0].name: X})[0][:, 0]
     inside = np.all((X >= 0.0) & (X <= 1.0), axis=1)
-    return int(np.sum((np.abs(out.astype(np.float64) - TARGET) <= TOLERANCE) & inside))
+    return int(np.sum((np.abs(out.astype(np.float64) - TARGET) <= tolerance) & inside))
 
 
 def main(argv: list[str] | None = None) -> None:
