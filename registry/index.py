@@ -5,12 +5,14 @@ serializes writers in other processes; that is what makes concurrent
 registrations of one name get consecutive versions and keeps blob placement
 and blob removal from interleaving. Readers run in a deferred transaction and
 see one consistent snapshot. Connections are pooled and shared by threads,
-one at a time.
+one at a time. The schema comes from the numbered steps of
+:mod:`preimage.registry.migrations`, applied when the index is opened.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,45 +22,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from preimage.registry.errors import ModelNotFoundError, RegistryUnavailableError
+from preimage.registry.migrations import migrate
 from preimage.registry.records import ModelRecord, ModelSource
 from preimage.registry.refs import ModelRef
 from preimage.registry.schema import DataStatistics, FeatureSchema
 
 __all__ = ["Index", "NewModel", "WatchedFile"]
 
-_SCHEMA_VERSION = 1
-_DDL = (
-    """CREATE TABLE IF NOT EXISTS models (
-        name TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        size_bytes INTEGER NOT NULL,
-        created_at TEXT NOT NULL,
-        input_width INTEGER NOT NULL,
-        output_width INTEGER NOT NULL,
-        schema_json TEXT NOT NULL,
-        statistics_json TEXT,
-        source TEXT NOT NULL,
-        PRIMARY KEY (name, version))""",
-    "CREATE INDEX IF NOT EXISTS models_by_sha256 ON models (sha256)",
-    # The last version ever given per name, so a deleted version number is never reused.
-    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS aliases (
-        name TEXT NOT NULL,
-        alias TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        PRIMARY KEY (name, alias),
-        FOREIGN KEY (name, version) REFERENCES models (name, version) ON DELETE CASCADE)""",
-    # Files of watched folders already handled, so a restart does not register them again.
-    """CREATE TABLE IF NOT EXISTS watched (
-        path TEXT PRIMARY KEY,
-        stat TEXT NOT NULL,
-        fingerprint TEXT NOT NULL,
-        name TEXT NOT NULL,
-        version INTEGER,
-        error TEXT,
-        updated_at TEXT NOT NULL)""",
-)
+log = logging.getLogger(__name__)
+
 _RECORD_SELECT = """
     SELECT m.name, m.version, m.sha256, m.size_bytes, m.created_at, m.input_width, m.output_width,
            m.schema_json, m.statistics_json, m.source,
@@ -123,15 +95,10 @@ class Index:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    version = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if version > _SCHEMA_VERSION:
-                        raise RegistryUnavailableError(
-                            str(path.parent), f"index format {version} is newer than this server's {_SCHEMA_VERSION}"
-                        )
-                    for statement in _DDL:
-                        conn.execute(statement)
-                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+                    found, now = migrate(conn, str(path.parent))
                     conn.execute("COMMIT")
+                    if found not in (0, now):
+                        log.info("index %s upgraded in place from format %d to %d", path, found, now)
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
@@ -176,11 +143,13 @@ class Index:
                     conn.close()
 
     @contextmanager
-    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, begin: str, *, bump: bool = False) -> Iterator[sqlite3.Connection]:
         with self._connection() as conn:
             conn.execute(begin)
             try:
                 yield conn
+                if bump:
+                    conn.execute("UPDATE generation SET value = value + 1 WHERE id = 1")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -193,8 +162,18 @@ class Index:
         return self._transaction("BEGIN")
 
     def write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """A write transaction holding the database-wide write lock until it commits or rolls back."""
-        return self._transaction("BEGIN IMMEDIATE")
+        """A write transaction holding the database-wide write lock until it commits or rolls back.
+
+        Committing it also bumps the generation counter (:meth:`generation`)."""
+        return self._transaction("BEGIN IMMEDIATE", bump=True)
+
+    def generation(self) -> int:
+        """How many write transactions have committed since the index was made (or upgraded to format 2).
+
+        Any process sharing the index sees the number move when another one changes it.
+        """
+        with self.read() as conn:
+            return int(conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()[0])
 
     def close(self) -> None:
         """Close every idle connection; connections in use close when returned."""

@@ -154,6 +154,15 @@ class Registry:
         if not self._blobs.blob_dir.is_dir():
             raise RegistryUnavailableError(str(self.root), f"{self._blobs.blob_dir} is missing")
 
+    def generation(self) -> int:
+        """A number that moves whenever anything changes the index, from this process or another.
+
+        Raises:
+            RegistryUnavailableError: The registry is closed or its index cannot be read.
+        """
+        self._require_open()
+        return self._index.generation()
+
     def _require_open(self) -> None:
         if self._closed:
             raise RegistryUnavailableError(str(self.root), "it is closed")
