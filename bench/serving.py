@@ -7,16 +7,19 @@ process, or from ``--client-processes`` processes when the client must not be th
 Every ratio comes from this one run against this one server:
 
 1. bulk: one Invert of n = 100,000 (target 7, tolerance 1e-3): valid patterns/s, the reference;
-2. 800 Invert calls of n = 20 at concurrency 64: refused (RESOURCE_EXHAUSTED, not retried
-   unless ``--client-retry``), valid patterns/s and their ratio to bulk (goal >= 0.25);
-3. burst: 256 concurrent Invert streams of n = 200: completed, all valid, the server's RSS
-   growth (VmRSS before, peak during; goal <= 500 MB);
-4. time to first pattern of a warm n = 20 call against a ``grpc.health`` Check on the same
-   channel (medians, interleaved; goal <= 5x);
+2. 800 Invert calls of n = 20 at concurrency 64, unseeded (fresh random patterns: the game-server
+   workload, which the server may serve from a shared run) and seeded (each a reproducible run of
+   its own, queued behind the running limit): refused (RESOURCE_EXHAUSTED, not retried unless
+   ``--client-retry``), valid patterns/s and their ratio to bulk (goal >= 0.25);
+3. burst: 256 concurrent Invert streams of n = 200, unseeded and seeded: completed, all valid, the
+   server's RSS growth (VmRSS before, peak during; goal <= 500 MB);
+4. time to first pattern of a warm n = 20 call, unseeded and seeded, against a ``grpc.health``
+   Check on the same channel (medians, interleaved; goal <= 5x);
 5. Predict of 4096 rows: rows/s against onnxruntime in this process on 1 thread (goal >= 0.3x);
-6. Predict of 1 row: median latency against the health round trip (goal <= 2x);
-7. curves: valid patterns/s against concurrency (1..256, n = 20, a fixed number of calls per
-   point, bounded in time) and against n (1..100,000, sequential calls).
+6. Predict of 1 row: median latency against the health round trip (goal <= 2x); and 1-row calls
+   at concurrency 64 against one at a time (coalescing);
+7. curves: valid patterns/s against concurrency (1..256, n = 20, unseeded, a fixed number of
+   calls per point, bounded in time) and against n (1..100,000, sequential unseeded calls).
 
 A pattern counts only when onnxruntime, in this process, puts it within the tolerance (+1e-5
 for float rounding between engines) of 7 and it lies inside [0, 1]; duplicate rows count once
@@ -86,6 +89,7 @@ class Plan:
     latency_calls: int = 50
     predict_rows: int = 4096
     predict_calls: int = 30
+    predict_concurrent_calls: int = 2000
     curve_calls: int = 256
     curve_seconds: float = 15.0
     sizes: tuple[int, ...] = SIZES
@@ -98,6 +102,7 @@ QUICK = Plan(
     burst_calls=64,
     latency_calls=15,
     predict_calls=5,
+    predict_concurrent_calls=300,
     curve_calls=32,
     curve_seconds=5.0,
     sizes=(1, 10, 100, 1_000, 10_000),
@@ -107,13 +112,18 @@ QUICK = Plan(
 
 @dataclass(frozen=True)
 class Load:
-    """A batch of Invert calls of ``n`` patterns, ``concurrency`` in flight, seeds from ``seed``."""
+    """A batch of Invert calls of ``n`` patterns, ``concurrency`` in flight, seeds from ``seed`` when ``seeded``.
+
+    Unseeded calls (fresh random patterns, the game-server workload) may be served from a run the server
+    shares between concurrent calls; seeded ones (reproducible) each run on their own.
+    """
 
     calls: int
     concurrency: int
     n: int
     seed: int
     max_seconds: float  # no call starts after this many seconds
+    seeded: bool = False
 
 
 @dataclass
@@ -144,7 +154,7 @@ def _client(address: str, retry: bool) -> AsyncClient:
     return AsyncClient(address, retry=RetryPolicy() if retry else RetryPolicy(max_attempts=1))
 
 
-async def _one_invert(client: AsyncClient, ref: str, n: int, seed: int, out: Outcome) -> None:
+async def _one_invert(client: AsyncClient, ref: str, n: int, seed: int | None, out: Outcome) -> None:
     try:
         arrays = await client.invert(
             ref, target=TARGET, n=n, tolerance=TOLERANCE, seed=seed, timeout=CALL_TIMEOUT
@@ -174,7 +184,7 @@ async def _run_load(address: str, retry: bool, ref: str, load: Load, start_at: f
             for seed in seeds:
                 if time.monotonic() >= stop:
                     return
-                await _one_invert(client, ref, load.n, seed, out)
+                await _one_invert(client, ref, load.n, seed if load.seeded else None, out)
 
         await asyncio.gather(*(worker() for _ in range(min(load.concurrency, load.calls))))
         out.ended = time.monotonic()
@@ -218,7 +228,7 @@ class Driver:
         for i in range(parts):
             calls = load.calls // parts + (i < load.calls % parts)
             concurrency = load.concurrency // parts + (i < load.concurrency % parts)
-            part = Load(calls, concurrency, load.n, seed, load.max_seconds)
+            part = Load(calls, concurrency, load.n, seed, load.max_seconds, load.seeded)
             jobs.append(self.pool.apply_async(_load_process, (self.address, self.retry, self.ref, part, start_at)))
             seed += calls
         total = Outcome()
@@ -294,7 +304,7 @@ def _load_row(session: ort.InferenceSession, load: Load, out: Outcome) -> dict[s
     }
 
 
-async def _stream_timed(client: AsyncClient, ref: str, n: int, seed: int) -> tuple[float, np.ndarray]:
+async def _stream_timed(client: AsyncClient, ref: str, n: int, seed: int | None) -> tuple[float, np.ndarray]:
     """Seconds to the first pattern batch of an Invert, and all its patterns."""
     started = time.perf_counter()
     first, parts = None, []
@@ -319,6 +329,7 @@ async def _sequential(client: AsyncClient, ref: str, session: ort.InferenceSessi
     """The single-client measures: bulk, latencies against health, Predict, patterns/s against n."""
     results: dict[str, Any] = {}
     await _stream_timed(client, ref, 20, 0)  # warm: conversion, caches, the first call's set-up
+    await _stream_timed(client, ref, 20, None)  # and the shared run of unseeded n=20 calls
     await client.predict(ref, np.full((1, 10), 0.5, dtype=np.float32))
 
     started = time.perf_counter()
@@ -334,25 +345,29 @@ async def _sequential(client: AsyncClient, ref: str, session: ort.InferenceSessi
         "valid_per_second": valid / seconds,
     }
 
-    health, first, predict1, parts = [], [], [], []
+    health, first, first_seeded, predict1, parts, parts_seeded = [], [], [], [], [], []
     row = np.random.default_rng(1).random((1, 10), dtype=np.float32)
-    for i in range(plan.latency_calls):  # interleaved, so drift in the machine's load hits all three
+    for i in range(plan.latency_calls):  # interleaved, so drift in the machine's load hits them all
         health.append(await _timed(client.health()))
-        seconds, X = await _stream_timed(client, ref, 20, 100 + i)
+        seconds, X = await _stream_timed(client, ref, 20, None)
         first.append(seconds)
         parts.append(X)
+        seconds, X = await _stream_timed(client, ref, 20, 100 + i)
+        first_seeded.append(seconds)
+        parts_seeded.append(X)
         predict1.append(await _timed(client.predict(ref, row)))
     h = statistics.median(health)
-    received, distinct, valid = _valid(session, parts)
     results["health"] = {"calls": len(health), "median_seconds": h}
-    results["first_pattern"] = {
-        "n": 20,
-        "calls": len(first),
-        "median_seconds": statistics.median(first),
-        "ratio_to_health": statistics.median(first) / h,
-        "patterns": received,
-        "valid": valid,
-    }
+    for key, times, got in (("first_pattern", first, parts), ("first_pattern_seeded", first_seeded, parts_seeded)):
+        received, distinct, valid = _valid(session, got)
+        results[key] = {
+            "n": 20,
+            "calls": len(times),
+            "median_seconds": statistics.median(times),
+            "ratio_to_health": statistics.median(times) / h,
+            "patterns": received,
+            "valid": valid,
+        }
     expected = session.run(None, {session.get_inputs()[0].name: row})[0]
     served = await client.predict(ref, row)
     results["predict_1"] = {
@@ -388,13 +403,31 @@ async def _sequential(client: AsyncClient, ref: str, session: ort.InferenceSessi
         "max_abs_diff_vs_onnxruntime": float(np.max(np.abs(served - expected))),
     }
 
+    # Many 1-row Predicts at once: coalesced into shared passes, against the sequential rate above.
+    started = time.perf_counter()
+    pending = iter(range(plan.predict_concurrent_calls))
+
+    async def predictor() -> None:
+        for _ in pending:
+            await client.predict(ref, row)
+
+    await asyncio.gather(*(predictor() for _ in range(plan.many_concurrency)))
+    seconds = time.perf_counter() - started
+    results["predict_concurrent"] = {
+        "rows": 1,
+        "calls": plan.predict_concurrent_calls,
+        "concurrency": plan.many_concurrency,
+        "calls_per_second": plan.predict_concurrent_calls / seconds,
+        "ratio_to_sequential": plan.predict_concurrent_calls / seconds * statistics.median(predict1),
+    }
+
     by_n = []
     for n in plan.sizes:
         calls = 5 if n <= 100 else 3 if n <= 10_000 else 1
         parts, seconds = [], 0.0
-        for i in range(calls):
+        for _ in range(calls):
             started = time.perf_counter()
-            _, X = await _stream_timed(client, ref, n, 1000 + 10 * n + i)
+            _, X = await _stream_timed(client, ref, n, None)
             seconds += time.perf_counter() - started
             parts.append(X)
         received, distinct, valid = _valid(session, parts)
@@ -470,17 +503,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         report.update(asyncio.run(single()))
         driver = Driver(server.address, ref, args.client_retry, args.client_processes)
         try:
-            many = Load(plan.many_calls, plan.many_concurrency, 20, 10_000, plan.section_seconds)
-            report["many"] = _load_row(session, many, driver.run(many))
+            for key, seeded in (("many", False), ("many_seeded", True)):
+                many = Load(plan.many_calls, plan.many_concurrency, 20, 10_000, plan.section_seconds, seeded)
+                report[key] = _load_row(session, many, driver.run(many))
 
-            burst = Load(plan.burst_calls, plan.burst_calls, plan.burst_n, 20_000, plan.section_seconds)
-            with RssSampler(pid) as sampler:
-                out = driver.run(burst)
-            row = _load_row(session, burst, out)
-            row["rss_mb_before"] = sampler.before["VmRSS"] / 1024
-            row["rss_mb_peak"] = sampler.peak_kb / 1024
-            row["rss_growth_mb"] = sampler.growth_mb
-            report["burst"] = row
+            for key, seeded in (("burst", False), ("burst_seeded", True)):
+                burst = Load(plan.burst_calls, plan.burst_calls, plan.burst_n, 20_000, plan.section_seconds, seeded)
+                with RssSampler(pid) as sampler:
+                    out = driver.run(burst)
+                row = _load_row(session, burst, out)
+                row["rss_mb_before"] = sampler.before["VmRSS"] / 1024
+                row["rss_mb_peak"] = sampler.peak_kb / 1024
+                row["rss_growth_mb"] = sampler.growth_mb
+                report[key] = row
 
             curve = []
             for c in CONCURRENCIES:
@@ -500,11 +535,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def table(report: dict[str, Any]) -> str:
     """The figures as a Markdown table, with the issue's goals."""
     bulk = report["bulk"]["valid_per_second"]
-    many, burst = report["many"], report["burst"]
-    first, p1, pb = report["first_pattern"], report["predict_1"], report["predict_batch"]
-    ratio = many["valid_per_second"] / bulk
+    p1, pb, pc = report["predict_1"], report["predict_batch"], report["predict_concurrent"]
     h_ms = report["health"]["median_seconds"] * 1e3
-    all_valid = burst["valid"] == burst["distinct"] == burst["patterns"]
     b = report["bulk"]
     rows = [
         ("measure", "result", "goal", "met"),
@@ -515,28 +547,44 @@ def table(report: dict[str, Any]) -> str:
             "reference",
             "",
         ),
-        (
-            f"{many['calls']} Invert calls of n=20 at concurrency {many['concurrency']}",
-            f"{many['refused']} refused, {many['completed']} completed; {many['valid_per_second']:,.0f} valid "
-            f"patterns/s = {ratio:.3f} of bulk",
-            "0 refused; >= 0.25 of bulk",
-            _yes(many["refused"] == 0 and ratio >= 0.25),
-        ),
-        (
-            f"burst: {burst['calls']} concurrent Invert streams of n={burst['n']}",
-            f"{burst['completed']} completed ({burst['full_calls']} with all {burst['n']}), {burst['refused']} "
-            f"refused; {burst['valid']:,} valid of {burst['patterns']:,}; RSS +{burst['rss_growth_mb']:.0f} MB "
-            f"(from {burst['rss_mb_before']:.0f} MB)",
-            "all complete, all valid, RSS growth <= 500 MB",
-            _yes(burst["full_calls"] == burst["calls"] and all_valid and burst["rss_growth_mb"] <= 500),
-        ),
-        (
-            "time to first pattern (n=20, warm)",
-            f"{first['median_seconds'] * 1e3:.2f} ms = {first['ratio_to_health']:.1f}x a health round trip "
-            f"({h_ms:.2f} ms)",
-            "<= 5x",
-            _yes(first["ratio_to_health"] <= 5),
-        ),
+    ]
+    for key, how in (("many", "unseeded"), ("many_seeded", "seeded")):
+        many = report[key]
+        ratio = many["valid_per_second"] / bulk
+        rows.append(
+            (
+                f"{many['calls']} Invert calls of n=20 at concurrency {many['concurrency']}, {how}",
+                f"{many['refused']} refused, {many['completed']} completed; {many['valid_per_second']:,.0f} valid "
+                f"patterns/s = {ratio:.3f} of bulk",
+                "0 refused; >= 0.25 of bulk",
+                _yes(many["refused"] == 0 and ratio >= 0.25),
+            )
+        )
+    for key, how in (("burst", "unseeded"), ("burst_seeded", "seeded")):
+        burst = report[key]
+        all_valid = burst["valid"] == burst["distinct"] == burst["patterns"]
+        rows.append(
+            (
+                f"burst: {burst['calls']} concurrent Invert streams of n={burst['n']}, {how}",
+                f"{burst['completed']} completed ({burst['full_calls']} with all {burst['n']}), {burst['refused']} "
+                f"refused; {burst['valid']:,} valid of {burst['patterns']:,}; RSS +{burst['rss_growth_mb']:.0f} MB "
+                f"(from {burst['rss_mb_before']:.0f} MB)",
+                "all complete, all valid, RSS growth <= 500 MB",
+                _yes(burst["full_calls"] == burst["calls"] and all_valid and burst["rss_growth_mb"] <= 500),
+            )
+        )
+    for key, how in (("first_pattern", "unseeded"), ("first_pattern_seeded", "seeded")):
+        first = report[key]
+        rows.append(
+            (
+                f"time to first pattern (n=20, warm, {how})",
+                f"{first['median_seconds'] * 1e3:.2f} ms = {first['ratio_to_health']:.1f}x a health round trip "
+                f"({h_ms:.2f} ms)",
+                "<= 5x",
+                _yes(first["ratio_to_health"] <= 5),
+            )
+        )
+    rows += [
         (
             f"Predict, batch {pb['rows']} rows",
             f"{pb['served_rows_per_second']:,.0f} rows/s = {pb['ratio']:.3f}x onnxruntime in-process, 1 thread "
@@ -549,6 +597,12 @@ def table(report: dict[str, Any]) -> str:
             f"{p1['median_seconds'] * 1e3:.2f} ms = {p1['ratio_to_health']:.1f}x a health round trip",
             "<= 2x",
             _yes(p1["ratio_to_health"] <= 2),
+        ),
+        (
+            f"Predict, {pc['calls']} calls of 1 row at concurrency {pc['concurrency']}",
+            f"{pc['calls_per_second']:,.0f} calls/s = {pc['ratio_to_sequential']:.1f}x one call at a time",
+            "(coalescing)",
+            "",
         ),
     ]
     lines = ["| " + " | ".join(r) + " |" for r in rows]

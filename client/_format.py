@@ -110,7 +110,9 @@ def summary_lines(summary: InvertSummary) -> list[str]:
     lines = [
         f"{summary.status.value}: {summary.returned} of {summary.requested} patterns from {summary.model} "
         f"in {summary.elapsed_seconds:.3g} s "
-        f"({summary.forward_passes} forward / {summary.backward_passes} backward passes, seed {summary.seed})",
+        f"({summary.forward_passes} forward / {summary.backward_passes} backward passes, "
+        + ("shared run" if summary.shared else f"seed {summary.seed}")
+        + ")",
     ]
     if summary.message:
         lines.append(summary.message)

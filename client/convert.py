@@ -217,6 +217,7 @@ def summary_from_proto(message: inference_pb2.InvertSummary) -> InvertSummary:
         prior=_PRIOR_FROM_PROTO.get(message.prior),
         seed=int(message.seed),
         preimage_size=int(message.preimage_size) if message.HasField("preimage_size") else None,
+        shared=bool(message.shared),
     )
 
 

@@ -451,8 +451,10 @@ class InvertSummary:
         closest_error: Its largest per-output distance to the target.
         mode: Search mode used.
         prior: Prior used.
-        seed: Seed used (replays the stream).
+        seed: Seed used (replays the stream); 0 when ``shared``.
         preimage_size: Size of the exact preimage when it was enumerated.
+        shared: The patterns are a disjoint slice of a run the server shared with other
+            concurrent unseeded calls (same distribution, not reproducible; pass a seed for that).
     """
 
     model: ModelVersion
@@ -470,6 +472,7 @@ class InvertSummary:
     prior: Prior | None
     seed: int
     preimage_size: int | None = None
+    shared: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -489,6 +492,7 @@ class InvertSummary:
             "prior": self.prior.value if self.prior else None,
             "seed": self.seed,
             "preimage_size": self.preimage_size,
+            "shared": self.shared,
         }
 
 

@@ -6,7 +6,7 @@ tests and embedding; ``run`` is what ``preimage serve`` calls.
 
 Example:
     >>> from preimage.server.app import start_server
-    >>> from preimage.server.settings import Settings
+    >>> from preimage.server.settings import Settings, device_problem
     >>> server = start_server(Settings(registry_dir="/tmp/reg", address="127.0.0.1:0"))  # doctest: +SKIP
     >>> server.port  # doctest: +SKIP
     40123
@@ -30,7 +30,7 @@ from preimage.server.inference_service import InferenceServicer
 from preimage.server.metrics import Metrics
 from preimage.server.registry_service import RegistryServicer
 from preimage.server.runtime import Runtime
-from preimage.server.settings import Settings
+from preimage.server.settings import Settings, device_problem
 from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 __all__ = ["SERVICE_NAMES", "PreimageServer", "RunningServer", "run", "start_server"]
@@ -122,6 +122,8 @@ class PreimageServer:
         from preimage.registry import Registry
 
         settings = self.settings
+        if settings.device != "cpu" and (problem := device_problem(settings.device)):
+            raise ValueError(problem)
         if settings.torch_threads:
             import torch
 
@@ -171,6 +173,7 @@ class PreimageServer:
         if self._monitor is not None:
             self._monitor.cancel()
         await self.server.stop(grace)
+        self.runtime.close()
         if self._watcher is not None:
             self._watcher.stop()
         # Cancelled streams have set their stop events; wait for the worker threads to see them.

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from preimage.server.settings import Settings, default_registry_dir
+from preimage.server.settings import Settings, default_registry_dir, device_problem
 
 __all__ = ["build_parser", "main", "settings_from_args"]
 
@@ -34,13 +34,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=int, help="converted models kept in memory (default 8)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     p.add_argument("--max-invert-count", type=int, help="largest n per Invert call")
-    p.add_argument("--max-concurrent-inverts", type=int, help="Invert streams at once")
+    p.add_argument("--max-concurrent-inverts", type=int, help="Invert runs at once (default 8)")
+    p.add_argument("--invert-queue-size", type=int, help="Invert calls that may wait for a slot (default 1024)")
+    p.add_argument(
+        "--invert-sharing",
+        action=argparse.BooleanOptionalAction,
+        help="serve concurrent unseeded Invert calls from shared runs (default on)",
+    )
+    p.add_argument("--invert-shared-max-count", type=int, help="largest n served from a shared run (default 4096)")
     p.add_argument("--max-concurrent-trains", type=int, help="Train streams at once")
+    p.add_argument("--train-queue-size", type=int, help="Train calls that may wait for a slot (default 16)")
     p.add_argument("--invert-max-seconds", type=float, help="cap on one Invert call's time budget")
     p.add_argument("--invert-max-passes", type=int, help="cap on one Invert call's model passes")
     p.add_argument("--train-max-seconds", type=float, help="cap on one Train call's time")
     p.add_argument("--train-min-rows", type=int, help="fewest rows Train accepts")
     p.add_argument("--torch-threads", type=int, help="torch intra-op threads")
+    p.add_argument("--device", help="torch device models run on: cpu (default), cuda, cuda:1, ...")
+    p.add_argument(
+        "--predict-coalescing",
+        action=argparse.BooleanOptionalAction,
+        help="coalesce concurrent Predict calls into shared passes (default on)",
+    )
+    p.add_argument("--predict-batch-delay-ms", type=float, help="ms a Predict pass waits for more calls (default 0)")
+    p.add_argument("--predict-max-batch-rows", type=int, help="most rows in one coalesced Predict pass")
     p.add_argument("--engine-workers", type=int, help="worker threads for engine and registry work")
     p.add_argument("--metrics-address", help="HOST:PORT for the Prometheus endpoint (off by default)")
     p.add_argument("--log-format", choices=["plain", "json"], help="log line format")
@@ -62,10 +78,13 @@ def settings_from_args(argv: Sequence[str]) -> Settings:
     parser = build_parser()
     args: dict[str, Any] = vars(parser.parse_args(list(argv)))
     try:
-        return Settings(**args)
+        settings = Settings(**args)
     except (ValidationError, ValueError) as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits
+    if settings.device != "cpu" and (problem := device_problem(settings.device)):
+        parser.error(f"--device: {problem}")
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

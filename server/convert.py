@@ -384,6 +384,7 @@ def invert_summary_to_proto(summary: InvertSummary, name: str, version: int) -> 
         mode=_MODE_TO_PROTO[summary.mode],
         prior=_PRIOR_TO_PROTO[summary.prior],
         seed=summary.seed,
+        shared=summary.shared,
     )
     if summary.preimage_size is not None:
         message.preimage_size = summary.preimage_size

@@ -9,6 +9,7 @@ work within one engine step.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -67,7 +68,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     async def Invert(  # type: ignore[override]
         self, request: inference_pb2.InvertRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> AsyncIterator[inference_pb2.InvertResponse]:
-        from preimage.server.engine import InputSpace, PatternBatch, invert
+        from preimage.server.engine import PatternBatch, invert
 
         settings = self.runtime.settings
         if request.count > settings.max_invert_count:
@@ -76,11 +77,34 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
         spec, bounds, fixed = invert_request_to_spec(request, batch_size=DEFAULT_PATTERNS_PER_MESSAGE)
         spec = _capped(spec, settings.invert_max_seconds, settings.invert_max_passes)
-        with self.runtime.invert_slots.acquire():
-            loaded = await self._load(request.model_ref)
-            record = loaded.record
-            call.model_ref = f"{record.name}:{record.version}"
-            space = await self.runtime.run(InputSpace.from_schema, loaded.schema, bounds=bounds, fixed=fixed)
+        loaded = await self._load(request.model_ref)
+        record = loaded.record
+        call.model_ref = f"{record.name}:{record.version}"
+        space = await self.runtime.input_space(loaded, bounds, fixed)
+        if self._shareable(request, spec, space):
+            key = (
+                record.name,
+                record.version,
+                record.sha256,
+                spec.targets,
+                spec.tolerance,
+                spec.prior,
+                spec.in_distribution_weight,
+                bounds,
+                fixed,
+            )
+            shared = await self.runtime.shared_runs.get(key, loaded, space, spec)
+            remaining = context.time_remaining()
+            budget = spec.max_seconds if remaining is None else min(spec.max_seconds, remaining)
+            async for event in shared.take(spec.n, time.monotonic() + budget, spec.batch_size):
+                if isinstance(event, PatternBatch):
+                    self.metrics.patterns.inc(len(event))
+                    yield pattern_batch_to_proto(event, raw=request.raw_outputs)
+                else:
+                    self.metrics.shared_calls.inc()
+                    yield invert_summary_to_proto(event, record.name, record.version)
+            return
+        async with self.runtime.invert_admission.slot(_lane(context, request.model_ref), context.time_remaining()):
             stop = stop_event(context)
             try:
                 # invert() validates and runs one forward pass before it returns: off the event loop too.
@@ -99,6 +123,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             finally:
                 stop.set()
 
+    def _shareable(self, request: inference_pb2.InvertRequest, spec: Any, space: Any) -> bool:
+        """Whether the call can take its patterns from a run shared with concurrent calls (sharing.py)."""
+        from preimage.server.engine import InvertMode
+
+        settings = self.runtime.settings
+        return (
+            settings.invert_sharing
+            and spec.seed is None
+            and spec.mode is InvertMode.SAMPLE
+            and spec.min_distance == 0
+            and request.budget.max_passes == 0
+            and spec.n <= settings.invert_shared_max_count
+            and not space.enumerable
+            and space.infeasible is None
+        )
+
     @rpc("Train")
     async def Train(  # type: ignore[override]
         self, request_iterator: AsyncIterator[inference_pb2.TrainRequest], context: grpc.aio.ServicerContext, call: Call
@@ -107,7 +147,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         from preimage.server.engine import TableBuilder, TrainedModel, train
 
         settings = self.runtime.settings
-        with self.runtime.train_slots.acquire():
+        async with self.runtime.train_admission.slot(context.peer(), context.time_remaining()):
             config, chunks = await split_stream(request_iterator, rpc="Train", head="config", rest="data")
             spec = train_config_to_spec(config, max_seconds=settings.train_max_seconds)
             call.model_ref = spec.name
@@ -145,6 +185,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 stop.set()
                 self.metrics.training_running.dec()
                 self.metrics.training_jobs.labels(outcome).inc()
+
+
+def _lane(context: grpc.aio.ServicerContext, model_ref: str) -> str:
+    """The admission queue's fairness key: the client connection and the model it calls."""
+    return f"{context.peer()}|{model_ref}"
 
 
 def _capped(spec: Any, max_seconds: float, max_passes: int) -> Any:

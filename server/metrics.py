@@ -36,6 +36,15 @@ class Metrics:
         )
         self.rows_evaluated = Counter("preimage_invert_rows_evaluated", "Rows pushed forward by Invert.", registry=r)
         self.predict_rows = Counter("preimage_predict_rows", "Rows evaluated by Predict.", registry=r)
+        self.predict_passes = Counter(
+            "preimage_predict_passes", "Forward passes run by Predict (coalesced calls share one).", registry=r
+        )
+        self.predict_pass_calls = Histogram(
+            "preimage_predict_calls_per_pass",
+            "Predict calls served by one forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.models_loaded = Gauge("preimage_models_loaded", "Converted models held in memory.", registry=r)
         self.model_loads = Counter(
             "preimage_model_loads", "Model look-ups by the inference service, by cache result.", ["result"], registry=r
@@ -45,6 +54,28 @@ class Metrics:
         )
         self.training_running = Gauge("preimage_training_jobs_running", "Train calls running.", registry=r)
         self.registered = Counter("preimage_models_registered", "Models registered, by source.", ["source"], registry=r)
+        self.shared_calls = Counter(
+            "preimage_invert_shared_calls", "Invert calls served from a run shared with other calls.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "preimage_queue_depth", "Calls waiting for a running slot, by method.", ["rpc"], registry=r
+        )
+        self.running_calls = Gauge(
+            "preimage_running_calls", "Calls holding a running slot, by method.", ["rpc"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "preimage_queue_wait_seconds",
+            "Time a call waited for a running slot, by method (0 when one was free).",
+            ["rpc"],
+            buckets=(0.0, *_LATENCY_BUCKETS),
+            registry=r,
+        )
+        self.admission_refused = Counter(
+            "preimage_admission_refused",
+            "Calls refused RESOURCE_EXHAUSTED by admission, by method and reason (queue_full, deadline).",
+            ["rpc", "reason"],
+            registry=r,
+        )
 
     def serve_http(self, address: str) -> object:
         """Start the HTTP exposition endpoint on ``HOST:PORT``; returns the HTTP server."""

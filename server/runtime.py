@@ -3,52 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from preimage.errors import ResourceExhaustedError, UnavailableError
+from preimage.errors import UnavailableError
+from preimage.server.admission import Admission
 from preimage.server.metrics import Metrics
 from preimage.server.settings import Settings
+from preimage.server.sharing import SharedRuns
+from preimage.server.warm import WarmModels
 
 if TYPE_CHECKING:
     import numpy as np
 
     from preimage.registry import LoadedModel, ModelRecord, Registry
+    from preimage.server.engine import InputSpace
+    from preimage.server.engine.types import BoundSpec, FixedSpec
+    from preimage.server.warm import WarmModel
 
-__all__ = ["Runtime", "Slots"]
+__all__ = ["Runtime"]
 
 T = TypeVar("T")
 
-
-class Slots:
-    """A limit on concurrent streams that refuses at once instead of queueing.
-
-    Only touched from the event loop thread, so a plain counter is enough.
-    """
-
-    def __init__(self, what: str, limit: int, retry_after_seconds: float) -> None:
-        self.what = what
-        self.limit = limit
-        self.retry_after_seconds = retry_after_seconds
-        self.active = 0
-
-    @contextlib.contextmanager
-    def acquire(self) -> Iterator[None]:
-        """Hold one slot; raises :class:`ResourceExhaustedError` when all are taken."""
-        if self.active >= self.limit:
-            raise ResourceExhaustedError(
-                f"{self.active} {self.what} streams are already running, the server's limit; "
-                f"retry in about {self.retry_after_seconds:g} s",
-                retry_after_seconds=self.retry_after_seconds,
-            )
-        self.active += 1
-        try:
-            yield
-        finally:
-            self.active -= 1
+_SPACES = 256
+"""Input spaces (model version x constraints) kept warm."""
+_RECORDS = 4096
+"""Resolved model references kept between registry writes."""
 
 
 class Runtime:
@@ -58,9 +41,17 @@ class Runtime:
         self.settings = settings
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(max_workers=settings.engine_workers, thread_name_prefix="preimage-worker")
-        self.invert_slots = Slots("Invert", settings.max_concurrent_inverts, retry_after_seconds=1.0)
-        self.train_slots = Slots("Train", settings.max_concurrent_trains, retry_after_seconds=5.0)
+        self.invert_admission = Admission(
+            "Invert", settings.max_concurrent_inverts, settings.invert_queue_size, metrics, typical_seconds=0.1
+        )
+        self.train_admission = Admission(
+            "Train", settings.max_concurrent_trains, settings.train_queue_size, metrics, typical_seconds=30.0
+        )
         self._registry: Registry | None = None
+        self.shared_runs = SharedRuns(self)
+        self.warm = WarmModels(settings, metrics)
+        self._records: dict[str, tuple[int, ModelRecord]] = {}
+        self._spaces: OrderedDict[tuple[Any, ...], InputSpace] = OrderedDict()
 
     def set_registry(self, registry: Registry | None) -> None:
         """Publish the opened registry (or withdraw it)."""
@@ -78,18 +69,51 @@ class Runtime:
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
     async def load(self, ref: str) -> LoadedModel:
-        """Resolve ``ref`` and load its converted module in a worker thread, counting cache hits."""
+        """Resolve ``ref`` and load its module (on the serving device) in a worker thread."""
+        return (await self.run(self._warm, ref)).loaded
+
+    def _warm(self, ref: str) -> WarmModel:
+        """In a worker: the record ``ref`` names (cached until the registry's next write), its warm state."""
         registry = self.registry()
-
-        def load() -> LoadedModel:
+        generation = registry.generation()
+        cached = self._records.get(ref)
+        if cached is not None and cached[0] == generation:
+            record = cached[1]
+        else:
             record = registry.get(ref)
-            hit = record.sha256 in registry.cached()
-            loaded = registry.load(record)
-            self.metrics.model_loads.labels("hit" if hit else "miss").inc()
-            self.metrics.models_loaded.set(len(registry.cached()))
-            return loaded
+            if len(self._records) > _RECORDS:
+                self._records.clear()
+            self._records[ref] = (generation, record)
+        hit = record.sha256 in registry.cached()
+        loaded = registry.load(record)
+        self.metrics.model_loads.labels("hit" if hit else "miss").inc()
+        self.metrics.models_loaded.set(len(registry.cached()))
+        return self.warm.get(loaded)
 
-        return await self.run(load)
+    async def input_space(
+        self, loaded: LoadedModel, bounds: tuple[BoundSpec, ...], fixed: tuple[FixedSpec, ...]
+    ) -> InputSpace:
+        """The input space of a model version under these bounds and fixed features, built once and cached.
+
+        Part of each model's warm state: an Invert call with constraints seen before starts
+        without rebuilding (and re-validating) them. Errors are not cached.
+        """
+        from preimage.server.engine import InputSpace
+
+        key = (loaded.record.sha256, loaded.record.name, loaded.record.version, bounds, fixed)
+        space = self._spaces.get(key)
+        if space is None:
+            space = await self.run(InputSpace.from_schema, loaded.schema, bounds=bounds, fixed=fixed)
+            self._spaces[key] = space
+            while len(self._spaces) > _SPACES:
+                self._spaces.popitem(last=False)
+        else:
+            self._spaces.move_to_end(key)
+        return space
+
+    def close(self) -> None:
+        """End background work: the shared Invert runs."""
+        self.shared_runs.close()
 
     async def predict(self, ref: str, X: np.ndarray) -> tuple[ModelRecord, np.ndarray]:
         """The one forward path every protocol uses (preimage's Predict, the Open Inference Protocol).
@@ -101,10 +125,11 @@ class Runtime:
         Returns:
             The resolved record and the ``n x m`` float32 outputs.
         """
-        from preimage.server.engine import predict
 
-        loaded = await self.load(ref)
-        record = loaded.record
-        outputs = await self.run(predict, loaded.module, X, width=record.input_width)
-        self.metrics.predict_rows.inc(X.shape[0])
+        def predict() -> tuple[ModelRecord, np.ndarray]:
+            warm = self._warm(ref)
+            return warm.loaded.record, warm.batcher(X)
+
+        record, outputs = await self.run(predict)
+        self.metrics.predict_rows.inc(outputs.shape[0])
         return record, outputs

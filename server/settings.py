@@ -21,13 +21,24 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "default_registry_dir"]
+__all__ = ["Settings", "default_registry_dir", "device_problem"]
 
 
 def default_registry_dir() -> Path:
     """``$XDG_DATA_HOME/preimage/registry``, else ``~/.local/share/preimage/registry``."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "preimage" / "registry"
+
+
+def device_problem(device: str) -> str | None:
+    """Why torch cannot run models on ``device`` here, or ``None`` when it can (imports torch)."""
+    import torch
+
+    try:
+        torch.zeros(1, device=torch.device(device)).sum().item()
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        return f"device {device!r} is not usable here: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
 
 
 class Settings(BaseSettings):
@@ -59,10 +70,24 @@ class Settings(BaseSettings):
     """Largest ``count`` (n) one Invert call may ask for."""
 
     max_concurrent_inverts: int = Field(default=8, ge=1)
-    """Invert streams running at once; more get RESOURCE_EXHAUSTED with a retry hint."""
+    """Invert runs at once; more wait in the Invert queue (calls served from a shared run do not count)."""
+
+    invert_queue_size: int = Field(default=1024, ge=0)
+    """Invert calls that may wait for a running slot (fair FIFO per client and model); beyond it, or when
+    the caller's deadline would pass first, RESOURCE_EXHAUSTED with a retry hint."""
+
+    invert_sharing: bool = True
+    """Let concurrent unseeded sample-mode Invert calls on one model and request take disjoint slices of one
+    shared run (docs/inversion.md); seeded calls always run on their own."""
+
+    invert_shared_max_count: int = Field(default=4096, ge=1)
+    """Largest ``count`` an Invert call may have to be served from a shared run."""
 
     max_concurrent_trains: int = Field(default=2, ge=1)
-    """Train streams running at once; more get RESOURCE_EXHAUSTED with a retry hint."""
+    """Train streams running at once; more wait in the Train queue."""
+
+    train_queue_size: int = Field(default=16, ge=0)
+    """Train calls that may wait for a running slot; beyond it RESOURCE_EXHAUSTED with a retry hint."""
 
     invert_max_seconds: float = Field(default=120.0, gt=0)
     """Cap on the wall-clock budget of one Invert call."""
@@ -78,6 +103,21 @@ class Settings(BaseSettings):
 
     torch_threads: int | None = Field(default=None, ge=1)
     """Threads torch uses for one operation; unset leaves torch's default."""
+
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
+    """Torch device models run on for Predict and Invert (``cpu``, ``cuda``, ``cuda:1``, ...); bookkeeping
+    stays on the CPU. A device torch cannot use stops the server at start-up."""
+
+    predict_coalescing: bool = True
+    """Coalesce concurrent Predict calls on one model into shared forward passes, for models whose outputs
+    a one-off check finds bit-identical alone and coalesced."""
+
+    predict_batch_delay_ms: float = Field(default=0.0, ge=0, le=1000)
+    """Milliseconds a Predict pass waits for more calls to join it (0: only calls that arrived while the
+    previous pass ran)."""
+
+    predict_max_batch_rows: int = Field(default=65536, ge=1)
+    """Most rows in one coalesced Predict pass; a larger call runs on its own."""
 
     engine_workers: int = Field(default=16, ge=1)
     """Worker threads running engine and registry work."""

@@ -508,6 +508,7 @@ class InvertSummary(_message.Message):
     PRIOR_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     PREIMAGE_SIZE_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
     status: Global___InvertStatus.ValueType
     """How the call ended."""
     message: _builtins.str
@@ -531,9 +532,16 @@ class InvertSummary(_message.Message):
     prior: Global___Prior.ValueType
     """Prior used."""
     seed: _builtins.int
-    """Seed used (drawn by the server when the request had none)."""
+    """Seed used (drawn by the server when the request had none); 0 when shared."""
     preimage_size: _builtins.int
     """Size of the exact preimage when it was enumerated."""
+    shared: _builtins.bool
+    """True when the patterns are a disjoint slice of one run shared with other
+    concurrent unseeded calls on the same model and request: draws from the
+    same distribution as a run of the call's own, which no seed reproduces.
+    The pass and row counts are then this call's share of that run's work.
+    Send a seed for a reproducible run of the call's own.
+    """
     @_builtins.property
     def model(self) -> _tensor_pb2.ModelVersionRef:
         """The version that answered."""
@@ -560,10 +568,11 @@ class InvertSummary(_message.Message):
         prior: Global___Prior.ValueType = ...,
         seed: _builtins.int = ...,
         preimage_size: _builtins.int | None = ...,
+        shared: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_preimage_size", b"_preimage_size", "model", b"model", "preimage_size", b"preimage_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preimage_size", b"_preimage_size", "backward_passes", b"backward_passes", "closest_error", b"closest_error", "closest_output", b"closest_output", "elapsed_seconds", b"elapsed_seconds", "forward_passes", b"forward_passes", "message", b"message", "mode", b"mode", "model", b"model", "preimage_size", b"preimage_size", "prior", b"prior", "requested", b"requested", "returned", b"returned", "rows_evaluated", b"rows_evaluated", "seed", b"seed", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preimage_size", b"_preimage_size", "backward_passes", b"backward_passes", "closest_error", b"closest_error", "closest_output", b"closest_output", "elapsed_seconds", b"elapsed_seconds", "forward_passes", b"forward_passes", "message", b"message", "mode", b"mode", "model", b"model", "preimage_size", b"preimage_size", "prior", b"prior", "requested", b"requested", "returned", b"returned", "rows_evaluated", b"rows_evaluated", "seed", b"seed", "shared", b"shared", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__preimage_size: _TypeAlias = _typing.Literal["preimage_size"]  # noqa: Y015
     _WhichOneofArgType__preimage_size: _TypeAlias = _typing.Literal["_preimage_size", b"_preimage_size"]  # noqa: Y015

@@ -25,7 +25,7 @@ from preimage.server.engine.context import Context, Driver, Outcome
 from preimage.server.engine.enumeration import enumerate_space
 from preimage.server.engine.optimize import optimize
 from preimage.server.engine.prior import InDistributionPenalty, Prior, make_prior
-from preimage.server.engine.run import Run, model_outputs
+from preimage.server.engine.run import Run, model_device, model_outputs
 from preimage.server.engine.sample import sample
 from preimage.server.engine.space import InputSpace
 from preimage.server.engine.targets import TargetSet
@@ -249,7 +249,7 @@ def _validate(spec: InvertSpec) -> None:
 
 def _output_width(module: torch.nn.Module, space: InputSpace) -> int:
     """Run one row through the model to learn its output width ``m`` (and that it takes ``d`` columns)."""
-    X = torch.from_numpy(space.lower.copy()).reshape(1, -1)
+    X = torch.from_numpy(space.lower.copy()).reshape(1, -1).to(model_device(module))
     try:
         with torch.no_grad():
             F = model_outputs(module(X), 1)

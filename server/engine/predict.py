@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from preimage.errors import InvalidArgumentError
-from preimage.server.engine.run import model_outputs
+from preimage.server.engine.run import model_device, model_outputs
 
-__all__ = ["input_width", "predict"]
+__all__ = ["checked_rows", "forward", "input_width", "predict"]
 
 
 def input_width(module: torch.nn.Module) -> int | None:
@@ -35,7 +35,7 @@ def predict(module: torch.nn.Module, X: np.ndarray, *, width: int | None = None)
     """Evaluate a frozen model on a batch of rows.
 
     Args:
-        module: The frozen model (eval mode, no parameter gradients).
+        module: The frozen model (eval mode, no parameter gradients), on any device.
         X: ``n x d`` rows (converted to float32).
         width: The input width ``d`` the model takes (``ModelRecord.input_width``); when
             ``None`` it is read from the module's graph where possible.
@@ -54,6 +54,11 @@ def predict(module: torch.nn.Module, X: np.ndarray, *, width: int | None = None)
         >>> predict(net, np.zeros((2, 3))).shape
         (2, 1)
     """
+    return forward(module, checked_rows(module, X, width))
+
+
+def checked_rows(module: torch.nn.Module, X: np.ndarray, width: int | None) -> np.ndarray:
+    """``X`` as C-contiguous float32 rows of the model's width, or :class:`InvalidArgumentError` (field ``inputs``)."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise InvalidArgumentError(f"inputs must be a matrix of rows, got shape {X.shape}", field="inputs")
@@ -73,9 +78,15 @@ def predict(module: torch.nn.Module, X: np.ndarray, *, width: int | None = None)
             f"the first at row {row}, column {col}",
             field="inputs",
         )
+    return X32
+
+
+def forward(module: torch.nn.Module, X32: np.ndarray) -> np.ndarray:
+    """One forward pass of checked float32 rows on the module's device; ``n x m`` float32 on the CPU."""
     try:
         with torch.no_grad():
-            out = model_outputs(module(torch.from_numpy(X32)), X32.shape[0])
+            X = torch.from_numpy(X32).to(model_device(module))
+            out = model_outputs(module(X), X32.shape[0]).cpu()
     except RuntimeError as exc:
         raise InvalidArgumentError(
             f"the model rejected inputs of {X32.shape[1]} columns: {str(exc).splitlines()[0]}", field="inputs"

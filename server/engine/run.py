@@ -18,10 +18,19 @@ import torch
 from preimage.errors import CancelledError
 from preimage.server.engine.targets import TargetSet
 
-__all__ = ["CHUNK", "Run", "model_outputs"]
+__all__ = ["CHUNK", "Run", "model_device", "model_outputs"]
 
 CHUNK = 8192
 """Most rows per model call in a forward pass."""
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    """The device a module's parameters (or buffers) live on; the CPU for a module with neither."""
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
+    return torch.device("cpu")
 
 
 def model_outputs(result: object, rows: int) -> torch.Tensor:
@@ -55,6 +64,7 @@ class Run:
         max_passes: int,
     ) -> None:
         self.module = module
+        self.device = model_device(module)
         self.targets = targets
         self.stop = stop
         self.max_seconds = max_seconds
@@ -104,14 +114,14 @@ class Run:
         """
         with torch.no_grad():
             if X.shape[0] <= CHUNK:
-                F = model_outputs(self.module(X), X.shape[0])
+                F = model_outputs(self.module(X.to(self.device)), X.shape[0]).cpu()
             else:
                 parts = []
                 for i in range(0, X.shape[0], CHUNK):
                     if i:
                         self.raise_if_cancelled()
                     part = X[i : i + CHUNK]
-                    parts.append(model_outputs(self.module(part), part.shape[0]))
+                    parts.append(model_outputs(self.module(part.to(self.device)), part.shape[0]).cpu())
                 F = torch.cat(parts)
         self._count(F)
         return F
@@ -126,7 +136,7 @@ class Run:
             ``k x m`` outputs and the ``k x m x d`` Jacobian (zeros where the model does not
             depend on its input).
         """
-        Xg = X.detach().requires_grad_(True)
+        Xg = X.detach().to(self.device).requires_grad_(True)
         with torch.enable_grad():
             F = model_outputs(self.module(Xg), X.shape[0])
             m = F.shape[1]
@@ -134,9 +144,9 @@ class Run:
                 J = torch.zeros(X.shape[0], m, X.shape[1], dtype=X.dtype)
             else:
                 grads = [torch.autograd.grad(F[:, j].sum(), Xg, retain_graph=j < m - 1)[0] for j in range(m)]
-                J = torch.stack(grads, dim=1)
+                J = torch.stack(grads, dim=1).cpu()
                 self.backward_passes += m
-        F = F.detach()
+        F = F.detach().cpu()
         self._count(F)
         return F, J
 

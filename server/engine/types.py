@@ -182,6 +182,8 @@ class InvertSummary:
     prior: PriorKind
     seed: int
     preimage_size: int | None = None
+    shared: bool = False
+    """The patterns are a slice of a run shared with concurrent calls (``seed`` is 0 then)."""
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ def test_concurrent_train_limit(tmp_path: Path) -> None:
     from preimage.server.settings import Settings
     from tests.server.conftest import connect
 
-    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0", max_concurrent_trains=1)
+    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0", max_concurrent_trains=1, train_queue_size=0)
     with start_server(settings) as running:
         stubs = connect(running.address)
         X, walls, theme, y = table(20000)

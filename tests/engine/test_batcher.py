@@ -1,0 +1,101 @@
+"""Predict coalescing: concurrent calls share passes, and each gets exactly the bits it would get alone."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from preimage.errors import InvalidArgumentError
+from preimage.server.engine.batcher import ALIGN, PredictBatcher, coalescing_is_exact
+from tests.engine.helpers import module_of
+from tests.models import EXAMPLE_MODEL, mlp_onnx, onnx_eval
+
+
+class Passes:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[int] = []
+        self.rows: list[int] = []
+
+    def __call__(self, calls: int, rows: int) -> None:
+        with self.lock:
+            self.calls.append(calls)
+            self.rows.append(rows)
+
+
+def concurrent_calls(batcher: PredictBatcher, requests: list[np.ndarray]) -> list[np.ndarray]:
+    start = threading.Barrier(len(requests))
+
+    def one(X: np.ndarray) -> np.ndarray:
+        start.wait(timeout=30)
+        return batcher(X)
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, requests))
+
+
+def test_concurrent_calls_share_passes_and_get_the_bits_of_a_lone_call() -> None:
+    model = EXAMPLE_MODEL.read_bytes()
+    module = module_of(model)
+    assert coalescing_is_exact(module, 10)
+    rng = np.random.default_rng(0)
+    requests = [rng.random((int(k), 10), dtype=np.float32) for k in rng.integers(1, 40, size=24)]
+    passes = Passes()
+    batcher = PredictBatcher(module, 10, delay_seconds=0.05, on_pass=passes)
+    outputs = concurrent_calls(batcher, requests)
+    alone = PredictBatcher(module, 10, coalesce=False)
+    for X, out in zip(requests, outputs, strict=False):
+        assert out.shape == (X.shape[0], 1) and out.dtype == np.float32
+        np.testing.assert_array_equal(out, alone(X))  # the same bits, whoever shared the pass
+        np.testing.assert_allclose(out, onnx_eval(model, X), rtol=1e-5, atol=1e-5)
+    assert sum(passes.calls) == len(requests)
+    assert len(passes.calls) < len(requests), "some calls shared a pass"
+    assert all(rows % ALIGN == 0 for rows in passes.rows)
+
+
+def test_calls_larger_than_the_batch_limit_run_on_their_own() -> None:
+    module = module_of(mlp_onnx([4, 16, 2], seed=3))
+    passes = Passes()
+    batcher = PredictBatcher(module, 4, delay_seconds=0.05, max_rows=64, on_pass=passes)
+    rng = np.random.default_rng(1)
+    requests = [rng.normal(size=(100, 4)).astype(np.float32)] + [rng.normal(size=(20, 4)).astype(np.float32)] * 6
+    outputs = concurrent_calls(batcher, requests)
+    for X, out in zip(requests, outputs, strict=False):
+        np.testing.assert_array_equal(out, PredictBatcher(module, 4, coalesce=False)(X))
+    assert max(passes.rows) <= 104 and all(r <= 64 for r, c in zip(passes.rows, passes.calls, strict=False) if c > 1)
+
+
+def test_a_bad_call_fails_alone() -> None:
+    module = module_of(mlp_onnx([3, 8, 1], seed=2))
+    batcher = PredictBatcher(module, 3, delay_seconds=0.05)
+    good = np.ones((5, 3), dtype=np.float32)
+    bad_width = np.ones((5, 4), dtype=np.float32)
+    bad_value = good.copy()
+    bad_value[2, 1] = np.nan
+    start = threading.Barrier(3)
+
+    def one(X: np.ndarray) -> np.ndarray | Exception:
+        start.wait(timeout=30)
+        try:
+            return batcher(X)
+        except InvalidArgumentError as exc:
+            return exc
+
+    with ThreadPoolExecutor(3) as pool:
+        ok, wrong_width, nan = pool.map(one, [good, bad_width, bad_value])
+    assert isinstance(ok, np.ndarray) and ok.shape == (5, 1)
+    assert isinstance(wrong_width, InvalidArgumentError) and "4 columns" in str(wrong_width)
+    assert isinstance(nan, InvalidArgumentError) and "row 2, column 1" in str(nan)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 8, 9])
+def test_padding_never_shows(rows: int) -> None:
+    model = mlp_onnx([3, 8, 2], seed=4)
+    X = np.random.default_rng(rows).normal(size=(rows, 3)).astype(np.float32)
+    out = PredictBatcher(module_of(model), 3)(X)
+    assert out.shape == (rows, 2)
+    if rows:
+        np.testing.assert_allclose(out, onnx_eval(model, X), rtol=1e-5, atol=1e-6)
