@@ -1,4 +1,4 @@
-"""Real in-process servers for the interop tests (plain, and TLS with a token), the Node.js tools, the Go and Java clients."""
+"""Real in-process servers for the interop tests (plain, and TLS with a token) and the clients they run."""
 
 from __future__ import annotations
 

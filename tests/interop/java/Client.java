@@ -54,12 +54,14 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.MessageDigest;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
 
@@ -149,7 +151,7 @@ public final class Client {
     upload.onCompleted();
     try {
       return done.get();
-    } catch (java.util.concurrent.ExecutionException e) {
+    } catch (ExecutionException e) {
       throw (Exception) e.getCause();
     }
   }
@@ -295,7 +297,7 @@ public final class Client {
     ModelInfo bigInfo = register(registry, "java-big", big, 1 << 20);
     String bigRef = bigInfo.getName() + ":" + bigInfo.getVersion();
     float[][] bigX = new float[1][bigInfo.getInputWidth()];
-    java.util.Arrays.fill(bigX[0], 0.5f);
+    Arrays.fill(bigX[0], 0.5f);
     PredictResponse bigY =
         inference.predict(PredictRequest.newBuilder().setModelRef(bigRef).setInputs(rawMatrix(bigX)).build());
     emit("register_big", "ref", bigRef, "size_bytes", bigInfo.getSizeBytes(), "inputs", bigX,
