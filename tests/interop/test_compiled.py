@@ -9,13 +9,13 @@ from tests.interop import compiled
 
 def test_missing_toolchain_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "IN_CI", True)
-    with pytest.raises(pytest.fail.Exception, match="CI=true and `go` is missing: scripts/install.sh"):
+    with pytest.raises(pytest.fail.Exception, match=r"CI=true and `go` is missing: scripts/install\.sh"):
         compiled.unavailable("`go`")
 
 
 def test_missing_toolchain_skips_outside_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compiled, "IN_CI", False)
-    with pytest.raises(pytest.skip.Exception, match="`javac` is missing: scripts/install.sh"):
+    with pytest.raises(pytest.skip.Exception, match=r"`javac` is missing: scripts/install\.sh"):
         compiled.unavailable("`javac`")
 
 
