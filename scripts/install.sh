@@ -14,6 +14,26 @@ fi
 # torch first, pinned, so nothing can make pip resolve a different (multi-GB) build.
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${EXTRAS}]"
+if [[ ",${EXTRAS}," == *",test,"* ]]; then
+  # Go and Java toolchains for the interop clients (tests/interop/compiled.py), from Debian's archive.
+  debs=(protobuf-compiler libprotobuf-dev
+        golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev protoc-gen-go protoc-gen-go-grpc
+        default-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libgoogle-common-protos-java
+        libguava-java libnetty-java libnetty-tcnative-java libnetty-tcnative-jni libperfmark-java libgeronimo-annotation-1.3-spec-java)
+  missing=()
+  for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+      echo "not installed (the Go/Java interop tests skip, or fail under CI=true): ${missing[*]}" >&2
+    fi
+  fi
+fi
 if [[ ",${EXTRAS}," == *",test,"* ]] && command -v npm >/dev/null 2>&1; then
   # Node.js interop client and buf (protos lint/breaking), for the test suite.
   npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error

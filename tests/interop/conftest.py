@@ -1,4 +1,4 @@
-"""A real in-process server for the interop tests, and the paths of the Node.js tools."""
+"""Real in-process servers for the interop tests (plain, and TLS with a token) and the clients they run."""
 
 from __future__ import annotations
 
@@ -54,6 +54,60 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             address="127.0.0.1:0",
             shutdown_grace_seconds=0,
             torch_threads=1,
+        )
+    )
+    yield running
+    running.stop()
+
+
+TOKEN = "interop-admin-token"
+
+
+@pytest.fixture(scope="session")
+def go_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command running tests/interop/go/client.go, compiled once per session."""
+    from tests.interop.compiled import build_go_client
+
+    return build_go_client(tmp_path_factory.mktemp("go"))
+
+
+@pytest.fixture(scope="session")
+def java_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The command running tests/interop/java/Client.java, compiled once per session."""
+    from tests.interop.compiled import build_java_client
+
+    return build_java_client(tmp_path_factory.mktemp("java"))
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test CA and a server certificate for 127.0.0.1 signed by it (``ca.pem``, ``server.pem``)."""
+    from tests.interop.compiled import unavailable
+    from tests.server.test_security import make_pki
+
+    if shutil.which("openssl") is None:
+        unavailable("`openssl` (to make the test certificate)")
+    d = tmp_path_factory.mktemp("pki")
+    make_pki(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def secure_server(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterator[Any]:
+    """A server over TLS that wants the bearer token ``TOKEN``, running one Invert at a time."""
+    from preimage.server.app import start_server
+    from preimage.server.settings import Settings
+
+    running = start_server(
+        Settings(
+            registry_dir=tmp_path_factory.mktemp("registry"),
+            address="127.0.0.1:0",
+            shutdown_grace_seconds=0,
+            torch_threads=1,
+            tls_cert=pki / "server.pem",
+            tls_key=pki / "server.key",
+            admin_tokens=[TOKEN],
+            max_concurrent_inverts=1,
         )
     )
     yield running
