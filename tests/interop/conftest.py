@@ -108,6 +108,7 @@ def secure_server(tmp_path_factory: pytest.TempPathFactory, pki: Path) -> Iterat
             tls_key=pki / "server.key",
             admin_tokens=[TOKEN],
             max_concurrent_inverts=1,
+            invert_queue_size=0,  # a second Invert is refused at once (with RetryInfo), not queued
         )
     )
     yield running
