@@ -36,6 +36,16 @@ class Metrics:
         )
         self.rows_evaluated = Counter("preimage_invert_rows_evaluated", "Rows pushed forward by Invert.", registry=r)
         self.predict_rows = Counter("preimage_predict_rows", "Rows evaluated by Predict.", registry=r)
+        per_model = ["model", "version", "protocol"]
+        self.model_inferences = Counter(
+            "preimage_model_inferences",
+            "Forward calls answered, by model, version and protocol (preimage Predict, oip ModelInfer).",
+            per_model,
+            registry=r,
+        )
+        self.model_rows = Counter(
+            "preimage_model_rows", "Rows evaluated forwards, by model, version and protocol.", per_model, registry=r
+        )
         self.models_loaded = Gauge("preimage_models_loaded", "Converted models held in memory.", registry=r)
         self.model_loads = Counter(
             "preimage_model_loads", "Model look-ups by the inference service, by cache result.", ["result"], registry=r
