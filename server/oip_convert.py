@@ -133,7 +133,7 @@ def infer_request_to_input(request: oip_pb2.ModelInferRequest, width: int) -> In
             f"the model takes one input tensor {INPUT_NAME!r}, got {len(request.inputs)} ({names})", field="inputs"
         )
     tensor = request.inputs[0]
-    field = f"inputs[{tensor.name!r}]"
+    field = "inputs[0]"
     if tensor.name != INPUT_NAME:
         raise InvalidArgumentError(
             f"input {tensor.name!r}: the model has no such input; its one input is {INPUT_NAME!r}", field=field
