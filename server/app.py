@@ -25,6 +25,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from preimage.oip import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from preimage.server.auth import TokenAuthInterceptor
 from preimage.server.inference_service import InferenceServicer
 from preimage.server.metrics import Metrics
@@ -32,7 +33,6 @@ from preimage.server.oip_service import OipServicer
 from preimage.server.registry_service import RegistryServicer
 from preimage.server.runtime import Runtime
 from preimage.server.settings import Settings
-from preimage.oip import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from preimage.v1 import inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
 
 __all__ = ["SERVICE_NAMES", "PreimageServer", "RunningServer", "run", "start_server"]
