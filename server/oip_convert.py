@@ -27,6 +27,7 @@ __all__ = [
     "InferInput",
     "infer_request_to_input",
     "infer_response",
+    "input_error",
     "model_metadata",
     "model_ref",
 ]
@@ -119,12 +120,15 @@ class InferInput:
     raw: bool
 
 
-def infer_request_to_input(request: oip_pb2.ModelInferRequest, width: int) -> InferInput:
-    """The rows of a ``ModelInferRequest`` for a model taking ``width`` columns.
+def infer_request_to_input(request: oip_pb2.ModelInferRequest) -> InferInput:
+    """The rows of a ``ModelInferRequest``: its one FP32 input of shape ``[n, d]``.
+
+    The model's width ``d`` is checked by the forward path (:meth:`Runtime.predict`),
+    whose error :func:`input_error` names the input.
 
     Raises:
         InvalidArgumentError: Not exactly one input named ``input``, a datatype other
-            than FP32, a shape other than ``[n, width]``, contents that do not match the
+            than FP32, a shape that is not ``[n, d]``, contents that do not match the
             shape, or a requested output other than ``output``.
     """
     if len(request.inputs) != 1:
@@ -144,12 +148,11 @@ def infer_request_to_input(request: oip_pb2.ModelInferRequest, width: int) -> In
             field=field,
         )
     shape = list(tensor.shape)
-    if len(shape) != 2 or shape[0] < 0 or shape[1] != width:
+    if len(shape) != 2 or min(shape) < 0:
         raise InvalidArgumentError(
-            f"input {tensor.name!r}: shape {shape} but the model takes [n, {width}] (n rows of {width} features)",
-            field=field,
+            f"input {tensor.name!r}: shape {shape} but the model takes [n, d] (n rows of d features)", field=field
         )
-    rows = shape[0]
+    rows, width = shape
     count = rows * width
     for output in request.outputs:
         if output.name != OUTPUT_NAME:
@@ -191,6 +194,11 @@ def infer_request_to_input(request: oip_pb2.ModelInferRequest, width: int) -> In
             field=field,
         )
     return InferInput(np.asarray(contents.fp32_contents, dtype=np.float32).reshape(rows, width), raw=False)
+
+
+def input_error(X: np.ndarray, exc: InvalidArgumentError) -> InvalidArgumentError:
+    """The forward path's complaint about the rows (``exc``, field ``inputs``), naming the OIP input."""
+    return InvalidArgumentError(f"input {INPUT_NAME!r} of shape {list(X.shape)}: {exc.message}", field="inputs[0]")
 
 
 def infer_response(

@@ -18,11 +18,17 @@ from collections.abc import Callable
 import grpc
 
 from preimage import __version__
-from preimage.errors import NotFoundError
+from preimage.errors import InvalidArgumentError, NotFoundError
 from preimage.oip import grpc_predict_v2_pb2 as oip_pb2
 from preimage.oip import grpc_predict_v2_pb2_grpc as oip_pb2_grpc
 from preimage.server.calls import Call, rpc
-from preimage.server.oip_convert import infer_request_to_input, infer_response, model_metadata, model_ref
+from preimage.server.oip_convert import (
+    infer_request_to_input,
+    infer_response,
+    input_error,
+    model_metadata,
+    model_ref,
+)
 from preimage.server.runtime import Runtime
 
 __all__ = ["EXTENSIONS", "SERVER_NAME", "OipServicer"]
@@ -100,12 +106,13 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: oip_pb2.ModelInferRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> oip_pb2.ModelInferResponse:
         ref = model_ref(request.model_name, request.model_version)
-        # The width to check the request against; Runtime.predict resolves the ref again, a
-        # cheap indexed read, so that every protocol keeps calling the one forward path.
-        record = await self.runtime.run(self.runtime.registry().get, ref)
-        given = infer_request_to_input(request, record.input_width)
-        # A version number pins what was checked; a moving name or alias could change in between.
-        record, outputs = await self.runtime.predict(record.ref, given.X)
+        given = infer_request_to_input(request)
+        try:
+            record, outputs = await self.runtime.predict(ref, given.X)
+        except InvalidArgumentError as exc:
+            if exc.field != "inputs":
+                raise
+            raise input_error(given.X, exc) from exc
         call.model_ref = record.ref
         labels = (record.name, str(record.version), PROTOCOL)
         self.metrics.model_inferences.labels(*labels).inc()

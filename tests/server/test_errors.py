@@ -213,7 +213,7 @@ CASES = [
         ["'input'", "FP64", "FP32"],
         "inputs[0]",
     ),
-    ("oip-wrong-width", oip_infer(shape=(1, 9)), INVALID, ["'input'", "[1, 9]", "10"], "inputs[0]"),
+    ("oip-wrong-width", oip_infer(shape=(1, 9)), INVALID, ["'input'", "[1, 9]", "9", "10"], "inputs[0]"),
     ("oip-one-dimensional", oip_infer(shape=(10,)), INVALID, ["'input'", "[10]"], "inputs[0]"),
     ("oip-wrong-input-name", oip_infer(input_name="x"), INVALID, ["'x'", "'input'"], "inputs[0]"),
     (
@@ -250,8 +250,8 @@ CASES = [
         "oip-nan",
         oip_infer(contents=oip_pb2.InferTensorContents(fp32_contents=[math.nan] * 10)),
         INVALID,
-        ["finite"],
-        "inputs",
+        ["'input'", "finite"],
+        "inputs[0]",
     ),
 ]
 
