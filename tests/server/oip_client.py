@@ -12,6 +12,7 @@ Plan::
      "calls": [{"id": "a", "op": "infer", "model": "m", "version": "", "rows": [[...], ...]}, ...]}
 
 Ops: ``live``, ``ready``, ``model_ready``, ``server_metadata``, ``model_metadata``,
+``repository_index`` and ``unload`` (Triton extensions preimage does not serve),
 ``infer`` (tritonclient's ``infer``: raw tensor contents) and ``infer_typed`` (a
 ``ModelInferRequest`` with ``contents.fp32_contents`` through the ``service_pb2``
 stub tritonclient ships). ``infer`` options: ``rows`` or ``random`` (``[n, d, seed]``),
@@ -98,6 +99,8 @@ def run(plan: dict[str, Any]) -> dict[str, Any]:
         "model_metadata": lambda c: client.get_model_metadata(
             c["model"], c.get("version", ""), headers=headers, as_json=True
         ),
+        "repository_index": lambda c: client.get_model_repository_index(headers=headers, as_json=True),
+        "unload": lambda c: client.unload_model(c["model"], headers=headers),
         "infer": lambda c: _infer(client, c, headers),
         "infer_typed": lambda c: _infer_typed(channel, c, list(headers.items())),
     }

@@ -109,6 +109,9 @@ CALLS: list[dict[str, Any]] = [
     {"id": "wrong-shape", "op": "infer", "model": "lin", "rows": ROWS[:, :3].tolist()},
     infer("wrong-input-name", input_name="x"),
     infer("unknown-output", outputs=["y"]),
+    # Triton's model-repository extension is not served.
+    {"id": "repository-index", "op": "repository_index"},
+    {"id": "unload", "op": "unload", "model": "lin"},
     # 300_000 x 4 float32 is 4.8 MB, over the server's 4 MiB message limit.
     {"id": "oversize", "op": "infer", "model": "lin", "random": [300_000, WIDTH, 0]},
 ]
@@ -208,6 +211,11 @@ def test_errors_in_the_protocols_terms(results: dict[str, Any]) -> None:
     failed(results, "wrong-input-name", "INVALID_ARGUMENT", "'x'")
     failed(results, "unknown-output", "INVALID_ARGUMENT", "'y'")
     failed(results, "oversize", "RESOURCE_EXHAUSTED")
+
+
+def test_unserved_extensions_are_unimplemented(results: dict[str, Any]) -> None:
+    failed(results, "repository-index", "UNIMPLEMENTED")
+    failed(results, "unload", "UNIMPLEMENTED")
 
 
 def test_per_model_metrics(oip_server: tuple[RunningServer, Stubs], results: dict[str, Any]) -> None:
