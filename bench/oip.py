@@ -9,7 +9,9 @@ each batch size (4096 rows and 1 row):
 - preimage's Predict through ``preimage.client.Client`` (raw float32 both ways);
 - ``tritonclient.grpc.InferenceServerClient.infer`` (raw_input_contents), unmodified, run by
   bench/oip_triton.py under .venv-oip (tritonclient needs protobuf<7) as a subprocess; only
-  its call loop is timed, not its start-up.
+  its call loop is timed, not its start-up;
+- ModelInfer and Predict through the bare generated stubs (raw bytes both ways, one prepared
+  request), which splits the server's cost of each protocol from the clients' own.
 
 Each contender makes up to ``--calls`` sequential calls per round or stops after
 ``--seconds``. Reports the median over rounds of rows/s and of the median call latency,
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import onnxruntime as ort
 
@@ -40,6 +43,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from preimage.client import Client  # noqa: E402
+from preimage.oip import grpc_predict_v2_pb2 as oip_pb2  # noqa: E402
+from preimage.oip import grpc_predict_v2_pb2_grpc as oip_pb2_grpc  # noqa: E402
+from preimage.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2  # noqa: E402
 from tests.process import ServerProcess  # noqa: E402
 
 MODEL = ROOT / "examples" / "difficulty" / "difficulty.onnx"
@@ -48,6 +54,7 @@ OIP_PYTHON = ROOT / ".venv-oip" / "bin" / "python"
 WORKER = ROOT / "bench" / "oip_triton.py"
 RESULTS = ROOT / "bench" / "results" / "oip.json"
 BATCHES = (4096, 1)
+CONTENDERS = ("onnxruntime", "predict", "tritonclient", "modelinfer_stub", "predict_stub")
 ATOL = 1e-4  # float32 rounding between the server's torch and onnxruntime
 
 
@@ -80,6 +87,26 @@ def _triton(address: str, batch: int, calls: int, seconds: float) -> dict[str, A
     return json.loads(result.stdout)
 
 
+def _stub_calls(channel: grpc.Channel, X: np.ndarray) -> dict[str, Any]:
+    """One prepared raw request each for ModelInfer and Predict on the bare generated stubs."""
+    n, d = X.shape
+    raw = X.astype("<f4").tobytes()
+    infer = oip_pb2.ModelInferRequest(
+        model_name="difficulty",
+        inputs=[oip_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[n, d])],
+        raw_input_contents=[raw],
+    )
+    predict = inference_pb2.PredictRequest(
+        model_ref="difficulty", inputs=tensor_pb2.Matrix(rows=n, cols=d, raw=raw), raw_outputs=True
+    )
+    oip = oip_pb2_grpc.GRPCInferenceServiceStub(channel)
+    inference = inference_pb2_grpc.InferenceServiceStub(channel)
+    return {
+        "modelinfer_stub": lambda: oip.ModelInfer(infer, timeout=60),
+        "predict_stub": lambda: inference.Predict(predict, timeout=60),
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every contender, every batch size, ``args.rounds`` alternating rounds; medians."""
     if not OIP_PYTHON.is_file():
@@ -89,13 +116,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(MODEL.read_bytes(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
-    runs: dict[str, dict[int, list[dict[str, float]]]] = {
-        name: {b: [] for b in BATCHES} for name in ("onnxruntime", "predict", "tritonclient")
-    }
+    runs: dict[str, dict[int, list[dict[str, float]]]] = {name: {b: [] for b in BATCHES} for name in CONTENDERS}
     errors: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         flags = ("--log-level", "warning", *args.server_arg)
-        with ServerProcess(Path(tmp) / "registry", *flags) as server, Client(server.address, timeout=120) as client:
+        with (
+            ServerProcess(Path(tmp) / "registry", *flags) as server,
+            Client(server.address, timeout=120) as client,
+            grpc.insecure_channel(server.address) as channel,
+        ):
             server.wait_serving()
             client.register(MODEL, "difficulty", bounds=(0.0, 1.0))
             for _round in range(args.rounds):
@@ -113,6 +142,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     got = np.asarray(triton.pop("outputs"))
                     errors[f"tritonclient_{batch}"] = float(np.abs(got - expected.ravel()[: got.size]).max())
                     runs["tritonclient"][batch].append(triton)
+                    for name, call in _stub_calls(channel, X).items():
+                        runs[name][batch].append(_loop(call, batch, args.calls, args.seconds))
     figures = {
         name: {
             str(batch): {
@@ -151,17 +182,21 @@ def table(report: dict[str, Any]) -> str:
     """A markdown table: rows/s, median latency and the ratios, per batch size."""
     f = report["figures"]
     lines = [
-        "| batch | onnxruntime in-process (1 thread) | preimage Predict | tritonclient ModelInfer "
-        "| ModelInfer / Predict | ModelInfer / onnxruntime |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| batch | onnxruntime in-process (1 thread) | preimage Predict (Client) | tritonclient ModelInfer "
+        "| ModelInfer / Predict | ModelInfer / onnxruntime | bare stubs: ModelInfer / Predict |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(x: dict[str, float]) -> str:
+        return f"{x['rows_per_s']:,.0f} rows/s ({x['median_ms']:.3g} ms)"
+
     for batch in map(str, BATCHES):
         ort_, pre, tri = f["onnxruntime"][batch], f["predict"][batch], f["tritonclient"][batch]
+        mi, ps = f["modelinfer_stub"][batch], f["predict_stub"][batch]
         lines.append(
-            f"| {int(batch):,} | {ort_['rows_per_s']:,.0f} rows/s ({ort_['median_ms']:.3f} ms) "
-            f"| {pre['rows_per_s']:,.0f} rows/s ({pre['median_ms']:.2f} ms) "
-            f"| {tri['rows_per_s']:,.0f} rows/s ({tri['median_ms']:.2f} ms) "
-            f"| {tri['rows_per_s'] / pre['rows_per_s']:.2f}x | {tri['rows_per_s'] / ort_['rows_per_s']:.2f}x |"
+            f"| {int(batch):,} | {cell(ort_)} | {cell(pre)} | {cell(tri)} "
+            f"| {tri['rows_per_s'] / pre['rows_per_s']:.2f}x | {tri['rows_per_s'] / ort_['rows_per_s']:.2f}x "
+            f"| {cell(mi)} / {cell(ps)} = {mi['rows_per_s'] / ps['rows_per_s']:.2f}x |"
         )
     return "\n".join(lines)
 
