@@ -11,7 +11,8 @@ each batch size (4096 rows and 1 row):
   bench/oip_triton.py under .venv-oip (tritonclient needs protobuf<7) as a subprocess; only
   its call loop is timed, not its start-up;
 - ModelInfer and Predict through the bare generated stubs (raw bytes both ways, one prepared
-  request), which splits the server's cost of each protocol from the clients' own.
+  request, the two alternating call by call), which splits the server's cost of each
+  protocol from the clients' own.
 
 Each contender makes up to ``--calls`` sequential calls per round or stops after
 ``--seconds``. Reports the median over rounds of rows/s and of the median call latency,
@@ -74,6 +75,24 @@ def _loop(call: Any, batch: int, calls: int, seconds: float, warmup: int = 5) ->
         latencies.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - started
     return {"rows_per_s": len(latencies) * batch / elapsed, "median_ms": statistics.median(latencies) * 1000}
+
+
+def _interleaved(calls: dict[str, Any], batch: int, count: int, seconds: float) -> dict[str, dict[str, float]]:
+    """Like :func:`_loop` for several calls at once, alternating them call by call so load drift hits each alike."""
+    for call in calls.values():
+        for _ in range(5):
+            call()
+    latencies: dict[str, list[float]] = {name: [] for name in calls}
+    started = time.perf_counter()
+    while len(latencies[next(iter(calls))]) < count and time.perf_counter() - started < seconds:
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            latencies[name].append(time.perf_counter() - t0)
+    return {
+        name: {"rows_per_s": batch / statistics.mean(times), "median_ms": statistics.median(times) * 1000}
+        for name, times in latencies.items()
+    }
 
 
 def _triton(address: str, batch: int, calls: int, seconds: float) -> dict[str, Any]:
@@ -142,8 +161,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     got = np.asarray(triton.pop("outputs"))
                     errors[f"tritonclient_{batch}"] = float(np.abs(got - expected.ravel()[: got.size]).max())
                     runs["tritonclient"][batch].append(triton)
-                    for name, call in _stub_calls(channel, X).items():
-                        runs[name][batch].append(_loop(call, batch, args.calls, args.seconds))
+                    for name, figures in _interleaved(_stub_calls(channel, X), batch, args.calls, args.seconds).items():
+                        runs[name][batch].append(figures)
     figures = {
         name: {
             str(batch): {
