@@ -41,7 +41,10 @@ import numpy as np
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
+
+from serving import _git_commit  # noqa: E402
 
 from preimage.client import Client  # noqa: E402
 from preimage.oip import grpc_predict_v2_pb2 as oip_pb2  # noqa: E402
@@ -186,15 +189,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "commit": _git_commit(),
     }
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def table(report: dict[str, Any]) -> str:
