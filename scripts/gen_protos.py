@@ -1,9 +1,9 @@
-"""Generate the Python code for ``protos/`` into ``preimage/v1/``.
+"""Generate the Python code for ``protos/`` into ``preimage/v1/`` and ``preimage/oip/``.
 
 The only producer of generated code. Run it after editing a ``.proto`` file::
 
-    python scripts/gen_protos.py            # write preimage/v1/
-    python scripts/gen_protos.py --check    # exit 1 when preimage/v1/ is stale
+    python scripts/gen_protos.py            # write preimage/v1/ and preimage/oip/
+    python scripts/gen_protos.py --check    # exit 1 when either is stale
 
 Messages get ``*_pb2.py`` (protoc) and ``*_pb2.pyi`` (mypy-protobuf); services
 get ``*_pb2_grpc.py`` (grpcio-tools) and ``*_pb2_grpc.pyi`` (mypy-protobuf).
@@ -23,8 +23,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
-PACKAGE_DIR = Path("preimage") / "v1"
-INIT_TEXT = '"""Generated protobuf and gRPC code for ``preimage.v1``. Do not edit: run scripts/gen_protos.py."""\n'
+# Each generated package and the docstring of its __init__.py.
+PACKAGES = {
+    Path("preimage") / "v1": "``preimage.v1``",
+    # The Open Inference Protocol (proto package ``inference``), see protos/preimage/oip/NOTICE.md.
+    Path("preimage") / "oip": "the Open Inference Protocol (proto package ``inference``)",
+}
+INIT_TEXT = '"""Generated protobuf and gRPC code for {what}. Do not edit: run scripts/gen_protos.py."""\n'
 
 
 def _plugin(name: str) -> str:
@@ -63,9 +68,12 @@ def generate(out_dir: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    package = out_dir / PACKAGE_DIR
-    (package / "__init__.py").write_text(INIT_TEXT)
-    return sorted(p.relative_to(out_dir) for p in package.iterdir() if p.is_file())
+    files = []
+    for package_dir, what in PACKAGES.items():
+        package = out_dir / package_dir
+        (package / "__init__.py").write_text(INIT_TEXT.format(what=what))
+        files += [p.relative_to(out_dir) for p in package.iterdir() if p.is_file()]
+    return sorted(files)
 
 
 def main() -> int:
@@ -74,9 +82,11 @@ def main() -> int:
     options = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
-        target = ROOT / PACKAGE_DIR
+        targets = [ROOT / package_dir for package_dir in PACKAGES]
         if options.check:
-            current = sorted(p.relative_to(ROOT) for p in target.iterdir() if p.is_file()) if target.exists() else []
+            current = sorted(
+                p.relative_to(ROOT) for target in targets if target.exists() for p in target.iterdir() if p.is_file()
+            )
             stale = [
                 str(p)
                 for p in fresh
@@ -90,12 +100,13 @@ def main() -> int:
                 return 1
             print("generated code is up to date")
             return 0
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+        for target in targets:
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
         for rel in fresh:
             shutil.copyfile(Path(tmp) / rel, ROOT / rel)
-        print(f"wrote {len(fresh)} files to {PACKAGE_DIR}", file=sys.stderr)
+        print(f"wrote {len(fresh)} files to {', '.join(map(str, PACKAGES))}", file=sys.stderr)
     return 0
 
 

@@ -3,6 +3,8 @@
 # Used verbatim by the README's commands, .ci/run and the Dockerfile.
 #   VENV=.venv            where the virtual environment goes
 #   PREIMAGE_EXTRAS=server,test   extras to install (the Dockerfile uses "server")
+#   OIP_VENV=.venv-oip    with the test extra: a second venv holding tritonclient[grpc]
+#                         (needs protobuf<7, ours is 7), pinned by constraints-oip.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -37,5 +39,12 @@ fi
 if [[ ",${EXTRAS}," == *",test,"* ]] && command -v npm >/dev/null 2>&1; then
   # Node.js interop client and buf (protos lint/breaking), for the test suite.
   npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+fi
+if [[ ",${EXTRAS}," == *",test,"* ]]; then
+  OIP_VENV="${OIP_VENV:-.venv-oip}"
+  if [ ! -x "$OIP_VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$OIP_VENV"
+  fi
+  "$OIP_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints-oip.txt "tritonclient[grpc]" numpy
 fi
 echo "installed preimage[${EXTRAS}] into ${VENV}"

@@ -25,9 +25,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from preimage.oip import grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc
 from preimage.server.auth import TokenAuthInterceptor
 from preimage.server.inference_service import InferenceServicer
 from preimage.server.metrics import Metrics
+from preimage.server.oip_service import OipServicer
 from preimage.server.registry_service import RegistryServicer
 from preimage.server.runtime import Runtime
 from preimage.server.settings import Settings, device_problem
@@ -38,6 +40,7 @@ __all__ = ["SERVICE_NAMES", "PreimageServer", "RunningServer", "run", "start_ser
 SERVICE_NAMES = (
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+    grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 )
 REGISTRY_CHECK_SECONDS = 5.0
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -57,6 +60,7 @@ class PreimageServer:
         self.metrics = Metrics()
         self.runtime = Runtime(settings, self.metrics)
         self.health = health.aio.HealthServicer()
+        self.serving = False
         interceptors = []
         if settings.auth_enabled:
             interceptors.append(TokenAuthInterceptor(settings.admin_tokens, settings.read_tokens))
@@ -71,6 +75,9 @@ class PreimageServer:
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.runtime), self.server)
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(self.runtime), self.server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            OipServicer(self.runtime, ready=lambda: self.serving), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if settings.reflection:
             from grpc_reflection.v1alpha import reflection
@@ -114,6 +121,7 @@ class PreimageServer:
         return port
 
     async def _set_health(self, status: int) -> None:
+        self.serving = status == _SERVING
         for service in ("", *SERVICE_NAMES):
             await self.health.set(service, status)
 
@@ -169,6 +177,7 @@ class PreimageServer:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls run up to ``grace`` seconds, cancel the rest."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        self.serving = False
         await self.health.enter_graceful_shutdown()
         if self._monitor is not None:
             self._monitor.cancel()

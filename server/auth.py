@@ -17,13 +17,22 @@ import grpc
 
 __all__ = ["ADMIN_METHODS", "OPEN_PREFIXES", "TokenAuthInterceptor"]
 
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+# The Open Inference Protocol's liveness and readiness are health checks too (probes carry no token).
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
+)
 READ_METHODS = frozenset(
     {
         "/preimage.v1.InferenceService/Predict",
         "/preimage.v1.InferenceService/Invert",
         "/preimage.v1.RegistryService/ListModels",
         "/preimage.v1.RegistryService/GetModel",
+        "/inference.GRPCInferenceService/ServerMetadata",
+        "/inference.GRPCInferenceService/ModelReady",
+        "/inference.GRPCInferenceService/ModelMetadata",
+        "/inference.GRPCInferenceService/ModelInfer",
     }
 )
 READ_PREFIXES = ("/grpc.reflection.",)

@@ -59,6 +59,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         required_ref(request.model_ref)
         X = matrix_from_proto(request.inputs, "inputs")
         record, outputs = await self.runtime.predict(request.model_ref, X)
+        labels = (record.name, str(record.version), "preimage")
+        self.metrics.model_inferences.labels(*labels).inc()
+        self.metrics.model_rows.labels(*labels).inc(X.shape[0])
         return inference_pb2.PredictResponse(
             model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
             outputs=matrix_to_proto(outputs, raw=request.raw_outputs),

@@ -45,6 +45,16 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        per_model = ["model", "version", "protocol"]
+        self.model_inferences = Counter(
+            "preimage_model_inferences",
+            "Forward calls answered, by model, version and protocol (preimage Predict, oip ModelInfer).",
+            per_model,
+            registry=r,
+        )
+        self.model_rows = Counter(
+            "preimage_model_rows", "Rows evaluated forwards, by model, version and protocol.", per_model, registry=r
+        )
         self.models_loaded = Gauge("preimage_models_loaded", "Converted models held in memory.", registry=r)
         self.model_loads = Counter(
             "preimage_model_loads", "Model look-ups by the inference service, by cache result.", ["result"], registry=r

@@ -1,4 +1,4 @@
-"""The committed generated code in preimage/v1 matches the protos (scripts/gen_protos.py --check)."""
+"""The committed generated code in preimage/v1 and preimage/oip matches the protos (scripts/gen_protos.py --check)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ def test_generated_code_is_up_to_date() -> None:
 
 
 def test_every_proto_has_typed_stubs() -> None:
-    for proto in (ROOT / "protos" / "preimage" / "v1").glob("*.proto"):
-        stem = proto.stem
-        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
-            assert (ROOT / "preimage" / "v1" / f"{stem}{suffix}").is_file(), f"{stem}{suffix} missing"
+    for package in ("v1", "oip"):
+        protos = list((ROOT / "protos" / "preimage" / package).glob("*.proto"))
+        assert protos, f"no protos under protos/preimage/{package}"
+        for proto in protos:
+            stem = proto.stem
+            for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi"):
+                assert (ROOT / "preimage" / package / f"{stem}{suffix}").is_file(), f"{package}/{stem}{suffix} missing"

@@ -12,6 +12,8 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from preimage.oip import grpc_predict_v2_pb2 as oip_pb2
+from preimage.oip import grpc_predict_v2_pb2_grpc as oip_pb2_grpc
 from preimage.server.app import start_server
 from preimage.server.settings import Settings
 from preimage.v1 import inference_pb2, registry_pb2, tensor_pb2
@@ -46,7 +48,38 @@ def get(ref: str) -> Callable[[Stubs], Any]:
     return lambda s: s.registry.GetModel(registry_pb2.GetModelRequest(model_ref=ref), timeout=30)
 
 
+def oip_infer(
+    name: str = "difficulty",
+    version: str = "",
+    *,
+    shape: tuple[int, ...] = (1, 10),
+    raw: bytes | None = None,
+    input_name: str = "input",
+    **tensor: Any,
+) -> Callable[[Stubs], Any]:
+    """An Open Inference Protocol ModelInfer; FP32 ``input`` of ``shape`` filled with 0.5 unless overridden."""
+    fields: dict[str, Any] = {"name": input_name, "datatype": "FP32", "shape": list(shape), **tensor}
+    outputs = fields.pop("outputs", [])
+    inputs = fields.pop("inputs", None)
+    if raw is None and "contents" not in fields:
+        fields["contents"] = oip_pb2.InferTensorContents(fp32_contents=[0.5] * math.prod(shape))
+    request = oip_pb2.ModelInferRequest(
+        model_name=name,
+        model_version=version,
+        inputs=inputs if inputs is not None else [oip_pb2.ModelInferRequest.InferInputTensor(**fields)],
+        outputs=[oip_pb2.ModelInferRequest.InferRequestedOutputTensor(name=o) for o in outputs],
+        raw_input_contents=[] if raw is None else [raw],
+    )
+    return lambda s: oip_pb2_grpc.GRPCInferenceServiceStub(s.channel).ModelInfer(request, timeout=30)
+
+
+def oip_metadata(name: str, version: str = "") -> Callable[[Stubs], Any]:
+    request = oip_pb2.ModelMetadataRequest(name=name, version=version)
+    return lambda s: oip_pb2_grpc.GRPCInferenceServiceStub(s.channel).ModelMetadata(request, timeout=30)
+
+
 ROW = [[0.5] * 10]
+OIP_TENSOR = oip_pb2.ModelInferRequest.InferInputTensor
 CASES = [
     # (id, call, code, words the message must contain, bad field or None)
     ("unknown-model", get("nosuch"), NOT_FOUND, ["nosuch"], None),
@@ -163,6 +196,62 @@ CASES = [
         INVALID,
         ["header"],
         "header",
+    ),
+    # The Open Inference Protocol (inference.GRPCInferenceService) in the protocol's terms.
+    ("oip-unknown-model", oip_infer("nosuch"), NOT_FOUND, ["nosuch"], None),
+    ("oip-unknown-version", oip_infer(version="9"), NOT_FOUND, ["difficulty", "9"], None),
+    ("oip-unknown-alias", oip_infer(version="beta"), NOT_FOUND, ["beta"], None),
+    ("oip-malformed-version", oip_infer(version="1.0"), NOT_FOUND, ["1.0"], None),
+    ("oip-malformed-name", oip_infer("Bad Name!"), NOT_FOUND, ["Bad Name!"], None),
+    ("oip-empty-name", oip_infer(""), INVALID, ["model_name"], "model_name"),
+    ("oip-metadata-unknown-model", oip_metadata("nosuch"), NOT_FOUND, ["nosuch"], None),
+    ("oip-metadata-unknown-version", oip_metadata("difficulty", "3"), NOT_FOUND, ["3"], None),
+    (
+        "oip-wrong-datatype",
+        oip_infer(datatype="FP64", contents=oip_pb2.InferTensorContents(fp64_contents=[0.5] * 10)),
+        INVALID,
+        ["'input'", "FP64", "FP32"],
+        "inputs[0]",
+    ),
+    ("oip-wrong-width", oip_infer(shape=(1, 9)), INVALID, ["'input'", "[1, 9]", "9", "10"], "inputs[0]"),
+    ("oip-one-dimensional", oip_infer(shape=(10,)), INVALID, ["'input'", "[10]"], "inputs[0]"),
+    ("oip-wrong-input-name", oip_infer(input_name="x"), INVALID, ["'x'", "'input'"], "inputs[0]"),
+    (
+        "oip-two-inputs",
+        oip_infer(inputs=[OIP_TENSOR(name="input", datatype="FP32", shape=[1, 10])] * 2),
+        INVALID,
+        ["one input", "2"],
+        "inputs",
+    ),
+    (
+        "oip-short-typed",
+        oip_infer(contents=oip_pb2.InferTensorContents(fp32_contents=[0.5] * 9)),
+        INVALID,
+        ["'input'", "10", "9"],
+        "inputs[0]",
+    ),
+    ("oip-short-raw", oip_infer(raw=b"\0" * 39), INVALID, ["'input'", "40", "39"], "inputs[0]"),
+    (
+        "oip-raw-and-typed",
+        oip_infer(raw=b"\0" * 40, contents=oip_pb2.InferTensorContents(fp32_contents=[0.5] * 10)),
+        INVALID,
+        ["raw_input_contents", "contents"],
+        "inputs[0]",
+    ),
+    (
+        "oip-fp32-in-wrong-field",
+        oip_infer(contents=oip_pb2.InferTensorContents(fp64_contents=[0.5] * 10)),
+        INVALID,
+        ["fp32_contents", "fp64_contents"],
+        "inputs[0]",
+    ),
+    ("oip-unknown-output", oip_infer(outputs=["y"]), INVALID, ["'y'", "'output'"], "outputs"),
+    (
+        "oip-nan",
+        oip_infer(contents=oip_pb2.InferTensorContents(fp32_contents=[math.nan] * 10)),
+        INVALID,
+        ["'input'", "finite"],
+        "inputs[0]",
     ),
 ]
 
