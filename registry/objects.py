@@ -42,12 +42,10 @@ from obstore.store import from_url
 from preimage.registry.blobs import BlobStore
 from preimage.registry.errors import BlobStoreUnavailableError
 
-__all__ = ["BLOB_SCHEMES", "ObjectBlobStore"]
+__all__ = ["ObjectBlobStore"]
 
 log = logging.getLogger(__name__)
 
-BLOB_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "file")
-"""URL schemes ``--blobs`` accepts."""
 _BLOBS = "blobs/"
 _TMP = "tmp/"
 # Fail within seconds, not obstore's default of minutes of retries: a request waits on it.
@@ -70,14 +68,18 @@ class ObjectBlobStore:
         self.cache = cache
         self._owner = owner
         self._owner_alive = owner_alive
+        # Passing client options replaces those obstore reads from the environment, so carry AWS_ALLOW_HTTP over.
+        client = {**_CLIENT, "allow_http": os.environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true")}
         with self._guard():
-            self._store: Any = from_url(url, client_options=_CLIENT, retry_config=_RETRY)  # type: ignore[arg-type]
+            self._store: Any = from_url(url, client_options=client, retry_config=_RETRY)  # type: ignore[arg-type]
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except BaseError as exc:
+        except (FileNotFoundError, ObjectNotFoundError):
+            raise
+        except (BaseError, OSError) as exc:
             raise BlobStoreUnavailableError(self.where, _describe(exc)) from exc
 
     # -- writing -------------------------------------------------------------------------------------
@@ -140,10 +142,8 @@ class ObjectBlobStore:
         try:
             with self._guard():
                 data = bytes(obstore.get(self._store, _key(sha256)).bytes())
-        except BlobStoreUnavailableError as exc:
-            if isinstance(exc.__cause__, ObjectNotFoundError):
-                raise FileNotFoundError(f"{self.where}/{_key(sha256)}") from None
-            raise
+        except (FileNotFoundError, ObjectNotFoundError):  # obstore raises the builtin one for a missing object
+            raise FileNotFoundError(f"{self.where}/{_key(sha256)}") from None
         if hashlib.sha256(data).hexdigest() == sha256:
             self._cache_bytes(data, sha256)
         return data
@@ -163,7 +163,7 @@ class ObjectBlobStore:
     def _exists(self, key: str) -> bool:
         try:
             obstore.head(self._store, key)
-        except ObjectNotFoundError:
+        except (FileNotFoundError, ObjectNotFoundError):
             return False
         return True
 
