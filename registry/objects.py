@@ -177,9 +177,13 @@ class ObjectBlobStore:
                         yield name[:64]
 
     def check(self) -> None:
-        """Raise :class:`BlobStoreUnavailableError` unless the store answers a listing now."""
-        with self._guard():
-            next(iter(obstore.list(self._store, _BLOBS, chunk_size=1)), None)
+        """Check the local cache folder only.
+
+        Health does not depend on the object store: a replica keeps serving every model it
+        has cached through an outage of the store, and requests that need the store get
+        UNAVAILABLE naming it (:class:`BlobStoreUnavailableError`).
+        """
+        self.cache.check()
 
     # -- clean-up ------------------------------------------------------------------------------------
 

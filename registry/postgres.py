@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 # Advisory lock keys: (class, object) pairs of int4. The class tells preimage's locks from others'.
 _WRITE_LOCK = (0x70726531, 1)  # "pre1": the one write lock
 _OWNER_CLASS = 0x70726532  # "pre2": one lock per live process, keyed by a hash of its owner id
-_POOL_SIZE = 8
+_POOL_SIZE = 16  # the server's default engine workers: one connection each at most
 _CONNECT_TIMEOUT_SECONDS = 5
+_POOL_WAIT_SECONDS = 5.0  # a request waits this long for a connection, then gets UNAVAILABLE
 
 
 def redact(url: str) -> str:
@@ -80,7 +81,7 @@ class PostgresIndex(Index):
 
     Args:
         url: ``postgresql://USER[:PASS]@HOST:PORT/DB`` (any libpq connection URI).
-        timeout: Seconds a writer waits for the write lock, or anyone for a pooled connection.
+        timeout: Seconds a writer waits for the write lock.
 
     Raises:
         RegistryUnavailableError: The database cannot be reached or its index is newer than this release.
@@ -102,7 +103,7 @@ class PostgresIndex(Index):
             max_size=_POOL_SIZE,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_SECONDS},
             check=psycopg_pool.ConnectionPool.check_connection,
-            timeout=timeout,
+            timeout=_POOL_WAIT_SECONDS,
             open=False,
             name="preimage-index",
         )
@@ -131,7 +132,7 @@ class PostgresIndex(Index):
     def _pg_transaction(self, begin: str, *, write: bool) -> Iterator[Connection]:
         if self._closed:
             raise RegistryUnavailableError(self.where, "it is closed")
-        with self._guard(), self._pool.connection(timeout=self._timeout) as raw:
+        with self._guard(), self._pool.connection() as raw:
             raw.execute(begin)
             try:
                 if write:
@@ -183,8 +184,14 @@ class PostgresIndex(Index):
     def hold_owner_lock(self) -> None:
         """Hold the session lock that says this process (``self.owner``) is alive, on a connection of its own."""
         with self._owner_lock, self._guard():
-            if self._owner_conn is not None and not self._owner_conn.closed and not self._owner_conn.broken:
-                return
+            if self._owner_conn is not None:
+                try:
+                    self._owner_conn.execute("SELECT 1")
+                    return
+                except psycopg.Error:  # the session ended (the database restarted): take the lock again
+                    with suppress(psycopg.Error):
+                        self._owner_conn.close()
+                    self._owner_conn = None
             conn = psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT_SECONDS, autocommit=True)
             conn.execute("SELECT pg_advisory_lock(%s, %s)", (_OWNER_CLASS, _owner_key(self.owner)))
             self._owner_conn = conn
@@ -198,7 +205,7 @@ class PostgresIndex(Index):
         if owner == self.owner:
             return True
         key = (_OWNER_CLASS, _owner_key(owner))
-        with self._guard(), self._pool.connection(timeout=self._timeout) as conn:
+        with self._guard(), self._pool.connection() as conn:
             taken = bool(conn.execute("SELECT pg_try_advisory_lock(%s, %s)", key).fetchone()[0])  # type: ignore[index]
             if taken:
                 conn.execute("SELECT pg_advisory_unlock(%s, %s)", key)
