@@ -77,9 +77,7 @@ class ObjectBlobStore:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (FileNotFoundError, ObjectNotFoundError):
-            raise
-        except (BaseError, OSError) as exc:
+        except (BaseError, OSError) as exc:  # obstore raises the builtin FileNotFoundError for a missing object
             raise BlobStoreUnavailableError(self.where, _describe(exc)) from exc
 
     # -- writing -------------------------------------------------------------------------------------
@@ -139,11 +137,13 @@ class ObjectBlobStore:
             log.warning("cached blob %s in %s is damaged; fetching it again", sha256, self.cache.where)
         except FileNotFoundError:
             pass
-        try:
-            with self._guard():
-                data = bytes(obstore.get(self._store, _key(sha256)).bytes())
-        except (FileNotFoundError, ObjectNotFoundError):  # obstore raises the builtin one for a missing object
-            raise FileNotFoundError(f"{self.where}/{_key(sha256)}") from None
+        with self._guard():
+            try:
+                data: bytes | None = bytes(obstore.get(self._store, _key(sha256)).bytes())
+            except (FileNotFoundError, ObjectNotFoundError):
+                data = None
+        if data is None:
+            raise FileNotFoundError(f"{self.where}/{_key(sha256)}")
         if hashlib.sha256(data).hexdigest() == sha256:
             self._cache_bytes(data, sha256)
         return data
