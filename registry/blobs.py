@@ -63,15 +63,6 @@ class Blobs(Protocol):
 
     def read(self, sha256: str) -> bytes: ...
 
-    def read(self, sha256: str) -> bytes:
-        """The blob's bytes. Raises ``FileNotFoundError`` when it is not stored."""
-        return self.path(sha256).read_bytes()
-
-    def check(self) -> None:
-        """Raise :class:`RegistryUnavailableError` unless the blob folder is there."""
-        if not self.blob_dir.is_dir():
-            raise RegistryUnavailableError(self.where, f"{self.blob_dir} is missing")
-
     def stored(self) -> Iterator[str]: ...
 
     def clean_temp(self) -> list[str]: ...

@@ -49,7 +49,11 @@ log = logging.getLogger(__name__)
 _BLOBS = "blobs/"
 _TMP = "tmp/"
 # Fail within seconds, not obstore's default of minutes of retries: a request waits on it.
-_RETRY = {"max_retries": 2, "retry_timeout": timedelta(seconds=10), "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1), "base": 2}}
+_RETRY = {
+    "max_retries": 2,
+    "retry_timeout": timedelta(seconds=10),
+    "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=1), "base": 2},
+}
 _CLIENT = {"connect_timeout": timedelta(seconds=5), "timeout": timedelta(seconds=300)}
 
 
@@ -71,7 +75,7 @@ class ObjectBlobStore:
         # Passing client options replaces those obstore reads from the environment, so carry AWS_ALLOW_HTTP over.
         client = {**_CLIENT, "allow_http": os.environ.get("AWS_ALLOW_HTTP", "").strip().lower() in ("1", "true")}
         with self._guard():
-            self._store: Any = from_url(url, client_options=client, retry_config=_RETRY)  # type: ignore[arg-type]
+            self._store: Any = from_url(url, client_options=client, retry_config=_RETRY)  # type: ignore[call-overload]
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -131,15 +135,16 @@ class ObjectBlobStore:
             BlobStoreUnavailableError: The store cannot be read.
         """
         try:
-            data = self.cache.read(sha256)
-            if hashlib.sha256(data).hexdigest() == sha256:
-                return data
+            cached = self.cache.read(sha256)
+            if hashlib.sha256(cached).hexdigest() == sha256:
+                return cached
             log.warning("cached blob %s in %s is damaged; fetching it again", sha256, self.cache.where)
         except FileNotFoundError:
             pass
         with self._guard():
+            data: bytes | None
             try:
-                data: bytes | None = bytes(obstore.get(self._store, _key(sha256)).bytes())
+                data = bytes(obstore.get(self._store, _key(sha256)).bytes())
             except (FileNotFoundError, ObjectNotFoundError):
                 data = None
         if data is None:

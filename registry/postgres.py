@@ -89,7 +89,7 @@ class PostgresIndex(Index):
 
     record_select = _RECORD_SELECT.format(aggregate="string_agg")
 
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:  # noqa: D107 - documented on the class
+    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
         self.url = url
         self.where = redact(url)
         self.owner = uuid.uuid4().hex
@@ -175,7 +175,10 @@ class PostgresIndex(Index):
         """
         if self._closed:
             raise RegistryUnavailableError(self.where, "it is closed")
-        with self._guard(), psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT_SECONDS, autocommit=True) as conn:
+        with (
+            self._guard(),
+            psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT_SECONDS, autocommit=True) as conn,
+        ):
             conn.execute("SELECT COUNT(*) FROM models").fetchone()
         self.hold_owner_lock()
 

@@ -51,7 +51,9 @@ class SharedStore:
 
 
 @pytest.fixture
-def shared_store(postgres_server: PostgresServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> SharedStore:
+def shared_store(
+    postgres_server: PostgresServer, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> SharedStore:
     """An empty shared registry: a new PostgreSQL database and S3 bucket; the AWS variables set in this process."""
     bucket = moto_server.new_bucket()
     for key, value in moto_server.env.items():

@@ -61,7 +61,9 @@ class PostgresServer:
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run(str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self._run(
+            str(bindir / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"
+        )
         self.start()
 
     def _run(self, *command: str) -> None:
@@ -73,7 +75,9 @@ class PostgresServer:
     def start(self) -> None:
         """Start (again) on the same port, waiting until it accepts connections."""
         options = f"-p {self.port} -h 127.0.0.1 -k {self.dir} -F -c max_connections=200"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"), "-w", "start"
+        )
 
     def stop(self) -> None:
         """Stop at once (``-m immediate``: every session ends, as when the database host dies)."""
