@@ -102,7 +102,6 @@ class PostgresIndex(Index):
             min_size=1,
             max_size=_POOL_SIZE,
             kwargs={"autocommit": True, "connect_timeout": _CONNECT_TIMEOUT_SECONDS},
-            check=psycopg_pool.ConnectionPool.check_connection,
             timeout=_POOL_WAIT_SECONDS,
             open=False,
             name="preimage-index",
@@ -132,20 +131,31 @@ class PostgresIndex(Index):
     def _pg_transaction(self, begin: str, *, write: bool) -> Iterator[Connection]:
         if self._closed:
             raise RegistryUnavailableError(self.where, "it is closed")
-        with self._guard(), self._pool.connection() as raw:
-            raw.execute(begin)
-            try:
-                if write:
-                    raw.execute(f"SET LOCAL lock_timeout = '{int(self._timeout * 1000)}ms'")
-                    raw.execute("SELECT pg_advisory_xact_lock(%s, %s)", _WRITE_LOCK)
-                yield _Adapter(raw)
-                if write:
-                    raw.execute("UPDATE generation SET value = value + 1 WHERE id = 1")
-                raw.execute("COMMIT")
-            except BaseException:
-                with suppress(psycopg.Error):
-                    raw.execute("ROLLBACK")
-                raise
+        with self._guard():
+            for attempt in (1, 2):
+                with self._pool.connection() as raw:
+                    try:
+                        raw.execute(begin)
+                    except psycopg.OperationalError:
+                        # A pooled connection the database dropped (it restarted); the pool discards it on
+                        # return. Nothing ran yet, so check the idle ones and start over once.
+                        if attempt == 2:
+                            raise
+                        self._pool.check()
+                        continue
+                    try:
+                        if write:
+                            raw.execute(f"SET LOCAL lock_timeout = '{int(self._timeout * 1000)}ms'")
+                            raw.execute("SELECT pg_advisory_xact_lock(%s, %s)", _WRITE_LOCK)
+                        yield _Adapter(raw)
+                        if write:
+                            raw.execute("UPDATE generation SET value = value + 1 WHERE id = 1")
+                        raw.execute("COMMIT")
+                    except BaseException:
+                        with suppress(psycopg.Error):
+                            raw.execute("ROLLBACK")
+                        raise
+                    return
 
     def read(self) -> AbstractContextManager[Connection]:
         """A read transaction: one consistent snapshot of the index."""
@@ -168,18 +178,16 @@ class PostgresIndex(Index):
         self._pool.close()
 
     def check(self) -> None:
-        """Raise :class:`RegistryUnavailableError` unless a fresh connection can read the index now.
+        """Raise :class:`RegistryUnavailableError` unless the index can be read now (through the pool,
+        whose connections the database dropped are replaced).
 
         Also takes this process's owner lock again after the database came back (a restart of
         PostgreSQL ends every session, and the lock with it).
         """
         if self._closed:
             raise RegistryUnavailableError(self.where, "it is closed")
-        with (
-            self._guard(),
-            psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT_SECONDS, autocommit=True) as conn,
-        ):
-            conn.execute("SELECT COUNT(*) FROM models").fetchone()
+        with self.read() as conn:
+            conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()
         self.hold_owner_lock()
 
     # -- owners of temporary uploads --------------------------------------------------------------

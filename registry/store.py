@@ -26,6 +26,7 @@ import builtins
 import hashlib
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -82,6 +83,12 @@ class Registry:
         self._closed = False
         self._seen_generation: int | None = None
         self._refresh_lock = threading.Lock()
+        # Shared registries only: reference -> record, valid while refresh() keeps succeeding.
+        self._lookup_window: float | None = None
+        self._lookups: dict[ModelRef, ModelRecord] = {}
+        self._lookups_valid_until = 0.0
+        self._lookup_epoch = 0
+        self._lookup_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -195,29 +202,38 @@ class Registry:
         return f"index {self._index.where}, blobs {self._blobs.where} (local cache {self.root})"
 
     def refresh(self) -> bool:
-        """Catch up with changes other processes made: drop cached modules of blobs nothing references now.
+        """Catch up with changes other processes made; servers on a shared index call it every ``poll`` seconds.
 
-        Cheap when nothing changed (one read of the generation counter); servers call it every
-        second or so. Lookups never need it (every request reads the index), only memory does.
+        Reads the generation counter (one small query). When it moved, drops every cached
+        reference lookup and the converted modules of blobs no row references any more. Each
+        successful call also keeps the lookup cache of a shared registry valid for
+        ``lookup_window`` seconds more (counted from the start of the call); when calls stop
+        succeeding (the index is unreachable) lookups go to the index again, so a replica never
+        answers from lookups older than that.
 
         Returns:
             Whether the index had changed since the last call.
         """
         self._require_open()
         with self._refresh_lock:
+            started = time.monotonic()
             generation = self._index.generation()
-            if generation == self._seen_generation:
-                return False
-            first = self._seen_generation is None
-            self._seen_generation = generation
-            cached = set(self._cache.keys())
-            if first or not cached:
-                return not first
-            with self._index.read() as conn:
-                gone = cached - self._index.referenced(conn, cached)
-            for sha in gone:
-                self._cache.discard(sha)
-            return True
+            changed = generation != self._seen_generation
+            if changed:
+                first = self._seen_generation is None
+                self._seen_generation = generation
+                self._forget_lookups()
+                cached = set(self._cache.keys())
+                if cached and not first:
+                    with self._index.read() as conn:
+                        gone = cached - self._index.referenced(conn, cached)
+                    for sha in gone:
+                        self._cache.discard(sha)
+                changed = not first
+            if self._lookup_window is not None:
+                with self._lookup_lock:
+                    self._lookups_valid_until = started + self._lookup_window
+            return changed
 
     def generation(self) -> int:
         """A number that moves whenever anything changes the index, from this process or another.
@@ -227,6 +243,11 @@ class Registry:
         """
         self._require_open()
         return self._index.generation()
+
+    def _forget_lookups(self) -> None:
+        with self._lookup_lock:
+            self._lookup_epoch += 1
+            self._lookups.clear()
 
     def _require_open(self) -> None:
         if self._closed:
@@ -324,6 +345,7 @@ class Registry:
             if staged != str(temp):
                 self._blobs.discard(staged)
             raise
+        self._forget_lookups()
         self._cache.put(sha256, prepared.module)
         log.info("registered %s (sha256 %s, %d bytes, source %s)", record.ref, sha256, size, source.value)
         return record
@@ -339,8 +361,30 @@ class Registry:
         """
         parsed = ModelRef.of(ref)
         self._require_open()
+        with self._lookup_lock:
+            fresh = time.monotonic() < self._lookups_valid_until
+            hit = self._lookups.get(parsed) if fresh else None
+            epoch = self._lookup_epoch
+        if hit is not None:
+            return hit
         with self._index.read() as conn:
-            return self._index.resolve(conn, parsed)
+            record = self._index.resolve(conn, parsed)
+        if fresh:
+            with self._lookup_lock:
+                if epoch == self._lookup_epoch:  # no change was noticed while we read: still current
+                    self._lookups[parsed] = record
+        return record
+
+    def cache_lookups(self, window_seconds: float) -> None:
+        """Answer :meth:`get` from memory for up to ``window_seconds`` after each successful :meth:`refresh`.
+
+        For a shared index, where a lookup is a database round trip: a server calls
+        :meth:`refresh` every ``window_seconds / 2``, so a change made by another replica is seen
+        within ``window_seconds``; changes made through this registry are seen at once.
+        """
+        if not window_seconds > 0:
+            raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+        self._lookup_window = window_seconds
 
     def list(self, name: str | None = None, all_versions: bool = False) -> _Records:
         """Records sorted by name then version: the latest of each name, or every version.
@@ -391,6 +435,7 @@ class Registry:
             else:
                 deleted = [self._index.resolve(conn, parsed)]
             self._index.delete(conn, parsed.name, [r.version for r in deleted])
+        self._forget_lookups()
         pause("delete")
         self._remove_unreferenced({r.sha256 for r in deleted})
         log.info("deleted %s", ", ".join(r.ref for r in deleted))
@@ -420,7 +465,9 @@ class Registry:
         with self._index.write() as conn:
             self._index.resolve(conn, ModelRef(name, version=version))
             self._index.set_alias(conn, name, alias, version)
-            return self._index.records(conn, name, version=version)[0]
+            record = self._index.records(conn, name, version=version)[0]
+        self._forget_lookups()
+        return record
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``NAME@ALIAS``.
@@ -434,6 +481,7 @@ class Registry:
         with self._index.write() as conn:
             if not self._index.delete_alias(conn, name, alias):
                 self._index.resolve(conn, ModelRef(name, alias=alias))  # raises, naming what is missing
+        self._forget_lookups()
 
     # -- loading ----------------------------------------------------------------------------------------------
 

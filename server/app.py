@@ -139,6 +139,8 @@ class PreimageServer:
             index_url=settings.index,
             blobs_url=settings.blobs,
         )
+        if settings.index is not None:
+            self._registry.cache_lookups(2 * settings.index_poll_seconds)
         self.runtime.set_registry(self._registry)
         if settings.watch_dir is not None:
             from preimage.registry.watch import FolderWatcher

@@ -56,8 +56,9 @@ class Settings(BaseSettings):
     """Shared blob store ``s3://BUCKET/PREFIX`` (also ``gs://``, ``az://``, ``file://``); needs ``index``.
     Endpoint, region and keys come from the standard ``AWS_*`` variables."""
 
-    index_poll_seconds: float = Field(default=1.0, gt=0)
-    """With a shared index: how often changes made by other replicas are looked for (cache invalidation)."""
+    index_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    """With a shared index: how often the index is polled for other replicas' changes; they are seen within
+    twice this (lookups are answered from memory in between)."""
 
     max_model_bytes: int = Field(default=256 * 2**20, gt=0)
     """Largest ONNX model accepted for registration, in bytes."""
