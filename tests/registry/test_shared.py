@@ -7,6 +7,7 @@ behaviours are in tests/server/test_replicas.py.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -140,3 +141,22 @@ def test_unreachable_index_and_store_are_unavailable_naming_them(shared_store: S
 def test_redact_hides_only_the_password() -> None:
     assert redact("postgresql://u:p%40ss@db:5432/x") == "postgresql://u:***@db:5432/x"
     assert redact("postgresql://u@db/x") == "postgresql://u@db/x"
+
+
+def test_lookup_cache_follows_the_generation_and_expires_without_polls(pair: tuple[Registry, Registry]) -> None:
+    a, b = pair
+    a.register_bytes("m", linear(4))
+    a.register_bytes("m", linear(5))
+    a.set_alias("m", "prod", 1)
+    b.cache_lookups(0.5)
+    b.refresh()
+    assert b.get("m@prod").version == 1
+    a.set_alias("m", "prod", 2)  # another replica's change: seen at b's next poll
+    assert b.refresh() is True
+    assert b.get("m@prod").version == 2
+    b.set_alias("m", "prod", 1)  # b's own change: seen by b at once
+    assert b.get("m@prod").version == 1
+    a.delete("m:1")
+    time.sleep(0.6)  # no poll within the window: lookups go to the index again
+    with pytest.raises(ModelNotFoundError):
+        b.get("m@prod")
