@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from preimage.registry.errors import (
     BatchError,
+    BlobStoreUnavailableError,
     ChecksumMismatchError,
     ConversionError,
     ExternalDataError,
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchError",
+    "BlobStoreUnavailableError",
     "ChecksumMismatchError",
     "Column",
     "ConversionError",

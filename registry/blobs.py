@@ -1,5 +1,9 @@
 """Content-addressed blob files: ``blobs/<sha256>.onnx``, written through ``tmp/``.
 
+:class:`BlobStore` is the embedded default. :class:`~preimage.registry.objects.ObjectBlobStore`
+keeps blobs in a shared object store (S3, GCS, Azure) with the same methods, and
+uses a :class:`BlobStore` as its local cache.
+
 A blob appears only by renaming a complete, fsynced temporary file (and the
 directory is fsynced after), so a blob file is never partial. Temporary upload
 files hold an exclusive ``flock`` while they are written, so start-up clean-up in
@@ -13,14 +17,16 @@ import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
+
+from preimage.registry.errors import RegistryUnavailableError
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: clean-up then assumes no other process uploads
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["BlobStore", "fsync_directory"]
+__all__ = ["BlobStore", "Blobs", "fsync_directory"]
 
 _BLOB = re.compile(r"^[0-9a-f]{64}\.onnx$")
 
@@ -34,10 +40,43 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+class Blobs(Protocol):
+    """What the registry needs of a blob store.
+
+    A registration spools the bytes to :meth:`new_temp`, :meth:`stage` s them outside the
+    index's write lock (the slow part, for a remote store), then :meth:`place` s them
+    under it, in the transaction that inserts the row.
+    """
+
+    where: str
+    """The store, as it is named in messages."""
+
+    def new_temp(self) -> tuple[Path, BinaryIO]: ...
+
+    def stage(self, temp: Path) -> str: ...
+
+    def discard(self, staged: str) -> None: ...
+
+    def place(self, temp: Path, staged: str, sha256: str) -> bool: ...
+
+    def remove(self, sha256: str) -> None: ...
+
+    def read(self, sha256: str) -> bytes: ...
+
+    def stored(self) -> Iterator[str]: ...
+
+    def clean_temp(self) -> list[str]: ...
+
+    def check(self) -> None: ...
+
+    def prune_cache(self, referenced: set[str]) -> int: ...
+
+
 class BlobStore:
     """The ``blobs/`` and ``tmp/`` folders of a registry root."""
 
     def __init__(self, root: Path) -> None:
+        self.where = str(root)
         self.blob_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +94,14 @@ class BlobStore:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         return Path(name), handle
 
-    def place(self, temp: Path, sha256: str) -> bool:
+    def stage(self, temp: Path) -> str:
+        """Nothing to do for a local folder: the temporary file is already where :meth:`place` takes it."""
+        return str(temp)
+
+    def discard(self, staged: str) -> None:
+        """Nothing to do: the upload removes its own temporary file."""
+
+    def place(self, temp: Path, staged: str, sha256: str) -> bool:
         """Move a complete, fsynced temporary file into place as the blob ``sha256``.
 
         The caller holds the index's write lock, so no deletion can remove the blob
@@ -77,15 +123,28 @@ class BlobStore:
         self.path(sha256).unlink(missing_ok=True)
         fsync_directory(self.blob_dir)
 
+    def read(self, sha256: str) -> bytes:
+        """The blob's bytes. Raises ``FileNotFoundError`` when it is not stored."""
+        return self.path(sha256).read_bytes()
+
+    def check(self) -> None:
+        """Raise :class:`RegistryUnavailableError` unless the blob folder is there."""
+        if not self.blob_dir.is_dir():
+            raise RegistryUnavailableError(self.where, f"{self.blob_dir} is missing")
+
+    def prune_cache(self, referenced: set[str]) -> int:
+        """Nothing to do: this folder is the store, not a cache of one (clean-up removes its orphans)."""
+        return 0
+
     def stored(self) -> Iterator[str]:
         """The sha256 of every blob file present."""
         for entry in self.blob_dir.iterdir():
             if _BLOB.match(entry.name):
                 yield entry.name[: -len(".onnx")]
 
-    def clean_temp(self) -> list[Path]:
+    def clean_temp(self) -> list[str]:
         """Remove temporary files no live upload holds (left by a crash). Returns what was removed."""
-        removed = [entry for entry in self.tmp_dir.iterdir() if entry.is_file() and _remove_unlocked(entry)]
+        removed = [str(entry) for entry in self.tmp_dir.iterdir() if entry.is_file() and _remove_unlocked(entry)]
         if removed:
             fsync_directory(self.tmp_dir)
         return removed

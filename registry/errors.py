@@ -21,6 +21,7 @@ from preimage.errors import (
 
 __all__ = [
     "BatchError",
+    "BlobStoreUnavailableError",
     "ChecksumMismatchError",
     "ConversionError",
     "ExternalDataError",
@@ -332,6 +333,15 @@ class RegistryUnavailableError(UnavailableError):
     def __init__(self, root: str, reason: str) -> None:
         super().__init__(f"the model registry at {root} is unavailable: {reason}")
         self.root = root
+        self.reason = reason
+
+
+class BlobStoreUnavailableError(UnavailableError):
+    """The shared object store holding the blobs cannot be reached or refused a request (UNAVAILABLE)."""
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"the blob store {store} is unavailable: {reason}")
+        self.store = store
         self.reason = reason
 
 

@@ -6,6 +6,8 @@ a test can SIGKILL the process exactly there. Points:
 
 * ``DELETE``: after the index transaction that deleted the rows committed,
   before the unreferenced blob files are removed.
+* ``STAGE``: a registration's bytes are validated and staged (with a shared object
+  store: uploaded to a temporary object); the write lock is not yet taken.
 * ``COMMIT``: a registration's blob has been renamed into ``blobs/``; its index
   row is not yet inserted (the write lock is held).
 

@@ -7,6 +7,10 @@ and blob removal from interleaving. Readers run in a deferred transaction and
 see one consistent snapshot. Connections are pooled and shared by threads,
 one at a time. The schema comes from the numbered steps of
 :mod:`preimage.registry.migrations`, applied when the index is opened.
+
+The queries below are written once, in the SQL SQLite and PostgreSQL share, with
+``?`` placeholders; :class:`~preimage.registry.postgres.PostgresIndex` runs the
+same methods against a shared PostgreSQL index.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Protocol
 
 from preimage.registry.errors import ModelNotFoundError, RegistryUnavailableError
 from preimage.registry.migrations import migrate
@@ -27,17 +32,25 @@ from preimage.registry.records import ModelRecord, ModelSource
 from preimage.registry.refs import ModelRef
 from preimage.registry.schema import DataStatistics, FeatureSchema
 
-__all__ = ["Index", "NewModel", "WatchedFile"]
+__all__ = ["Connection", "Index", "NewModel", "WatchedFile"]
 
 log = logging.getLogger(__name__)
 
 _RECORD_SELECT = """
     SELECT m.name, m.version, m.sha256, m.size_bytes, m.created_at, m.input_width, m.output_width,
            m.schema_json, m.statistics_json, m.source,
-           (SELECT group_concat(a.alias, ',') FROM aliases a WHERE a.name = m.name AND a.version = m.version),
+           (SELECT {aggregate}(a.alias, ',') FROM aliases a WHERE a.name = m.name AND a.version = m.version),
            m.version = (SELECT MAX(l.version) FROM models l WHERE l.name = m.name)
     FROM models m"""
 _POOL_SIZE = 8
+
+
+class Connection(Protocol):
+    """What the index's queries need of a connection: ``sqlite3.Connection``, or PostgreSQL's adapter."""
+
+    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -76,15 +89,19 @@ class WatchedFile:
 
 
 class Index:
-    """The SQLite index of one registry root.
+    """The SQLite index of one registry root (the embedded default).
 
     Args:
         path: The ``index.sqlite3`` file.
         timeout: Seconds a writer waits for another writer's lock before failing.
     """
 
+    record_select = _RECORD_SELECT.format(aggregate="group_concat")
+    """The record query, in this backend's spelling of string aggregation."""
+
     def __init__(self, path: Path, *, timeout: float = 60.0) -> None:
         self.path = path
+        self.where = str(path.parent)
         self._timeout = timeout
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
@@ -121,13 +138,13 @@ class Index:
         try:
             yield
         except sqlite3.Error as exc:
-            raise RegistryUnavailableError(str(self.path.parent), f"{type(exc).__name__}: {exc}") from exc
+            raise RegistryUnavailableError(self.where, f"{type(exc).__name__}: {exc}") from exc
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             if self._closed:
-                raise RegistryUnavailableError(str(self.path.parent), "it is closed")
+                raise RegistryUnavailableError(self.where, "it is closed")
             conn = self._idle.pop() if self._idle else None
         with self._guard():
             if conn is None:
@@ -157,11 +174,11 @@ class Index:
                         conn.execute("ROLLBACK")
                 raise
 
-    def read(self) -> AbstractContextManager[sqlite3.Connection]:
+    def read(self) -> AbstractContextManager[Connection]:
         """A read transaction: one consistent snapshot of the index."""
         return self._transaction("BEGIN")
 
-    def write(self) -> AbstractContextManager[sqlite3.Connection]:
+    def write(self) -> AbstractContextManager[Connection]:
         """A write transaction holding the database-wide write lock until it commits or rolls back.
 
         Committing it also bumps the generation counter (:meth:`generation`)."""
@@ -183,10 +200,26 @@ class Index:
         for conn in idle:
             conn.close()
 
+    def check(self) -> None:
+        """Raise :class:`RegistryUnavailableError` unless the index file can be opened and read now.
+
+        Uses a fresh read-only connection, so a deleted or replaced index file is noticed.
+        """
+        if not self.path.is_file():
+            raise RegistryUnavailableError(self.where, f"{self.path} is missing")
+        try:
+            conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=5.0)
+            try:
+                conn.execute("SELECT COUNT(*) FROM models").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise RegistryUnavailableError(self.where, f"{type(exc).__name__}: {exc}") from exc
+
     # -- models -------------------------------------------------------------------------------
 
     @staticmethod
-    def insert(conn: sqlite3.Connection, row: NewModel) -> int:
+    def insert(conn: Connection, row: NewModel) -> int:
         """Insert a new version of ``row.name`` (inside a write transaction); return its number."""
         last = conn.execute("SELECT last_version FROM counters WHERE name = ?", (row.name,)).fetchone()
         version = (last[0] if last else 0) + 1
@@ -213,9 +246,9 @@ class Index:
         )
         return version
 
-    @staticmethod
+    @classmethod
     def records(
-        conn: sqlite3.Connection, name: str | None = None, *, version: int | None = None, latest_only: bool = False
+        cls, conn: Connection, name: str | None = None, *, version: int | None = None, latest_only: bool = False
     ) -> list[ModelRecord]:
         """Records sorted by name then version, optionally of one name, one version, or latest ones only."""
         clauses: list[str] = []
@@ -229,11 +262,11 @@ class Index:
         if latest_only:
             clauses.append("m.version = (SELECT MAX(l.version) FROM models l WHERE l.name = m.name)")
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = conn.execute(f"{_RECORD_SELECT}{where} ORDER BY m.name, m.version", params).fetchall()
+        rows = conn.execute(f"{cls.record_select}{where} ORDER BY m.name, m.version", params).fetchall()
         return [_record(row) for row in rows]
 
     @classmethod
-    def resolve(cls, conn: sqlite3.Connection, ref: ModelRef) -> ModelRecord:
+    def resolve(cls, conn: Connection, ref: ModelRef) -> ModelRecord:
         """The record ``ref`` names. Raises :class:`ModelNotFoundError`."""
         if ref.alias is not None:
             row = conn.execute(
@@ -249,14 +282,14 @@ class Index:
         raise ModelNotFoundError(ref.name, version=ref.version, alias=ref.alias)
 
     @staticmethod
-    def delete(conn: sqlite3.Connection, name: str, versions: Sequence[int]) -> None:
+    def delete(conn: Connection, name: str, versions: Sequence[int]) -> None:
         """Delete versions of a name and the aliases pointing at them."""
         for version in versions:
             conn.execute("DELETE FROM aliases WHERE name = ? AND version = ?", (name, version))
             conn.execute("DELETE FROM models WHERE name = ? AND version = ?", (name, version))
 
     @staticmethod
-    def set_alias(conn: sqlite3.Connection, name: str, alias: str, version: int) -> None:
+    def set_alias(conn: Connection, name: str, alias: str, version: int) -> None:
         """Point ``alias`` at a version (which must exist), replacing where it pointed before."""
         conn.execute(
             "INSERT INTO aliases (name, alias, version) VALUES (?, ?, ?) "
@@ -265,12 +298,12 @@ class Index:
         )
 
     @staticmethod
-    def delete_alias(conn: sqlite3.Connection, name: str, alias: str) -> bool:
+    def delete_alias(conn: Connection, name: str, alias: str) -> bool:
         """Remove an alias; whether it existed."""
         return conn.execute("DELETE FROM aliases WHERE name = ? AND alias = ?", (name, alias)).rowcount > 0
 
     @staticmethod
-    def referenced(conn: sqlite3.Connection, shas: Iterable[str] | None = None) -> set[str]:
+    def referenced(conn: Connection, shas: Iterable[str] | None = None) -> set[str]:
         """The sha256 values some row references (of ``shas`` when given, else all)."""
         if shas is None:
             return {row[0] for row in conn.execute("SELECT DISTINCT sha256 FROM models")}
@@ -279,7 +312,7 @@ class Index:
     # -- watched files ---------------------------------------------------------------------------
 
     @staticmethod
-    def watched(conn: sqlite3.Connection, path: str) -> WatchedFile | None:
+    def watched(conn: Connection, path: str) -> WatchedFile | None:
         """What is known about a watched file, if anything."""
         row = conn.execute(
             "SELECT path, stat, fingerprint, name, version, error FROM watched WHERE path = ?", (path,)
@@ -287,18 +320,20 @@ class Index:
         return WatchedFile(*row) if row else None
 
     @staticmethod
-    def watched_under(conn: sqlite3.Connection, folder: str) -> list[str]:
+    def watched_under(conn: Connection, folder: str) -> list[str]:
         """Paths of known watched files inside ``folder``."""
         prefix = folder.rstrip("/") + "/"
         rows = conn.execute("SELECT path FROM watched WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
         return [row[0] for row in rows]
 
     @staticmethod
-    def record_watched(conn: sqlite3.Connection, entry: WatchedFile) -> None:
+    def record_watched(conn: Connection, entry: WatchedFile) -> None:
         """Remember a watched file's state (insert or replace)."""
         conn.execute(
-            "INSERT OR REPLACE INTO watched (path, stat, fingerprint, name, version, error, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO watched (path, stat, fingerprint, name, version, error, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO UPDATE SET stat = excluded.stat, "
+            "fingerprint = excluded.fingerprint, name = excluded.name, version = excluded.version, "
+            "error = excluded.error, updated_at = excluded.updated_at",
             (
                 entry.path,
                 entry.stat,
@@ -311,7 +346,7 @@ class Index:
         )
 
     @staticmethod
-    def forget_watched(conn: sqlite3.Connection, paths: Iterable[str]) -> None:
+    def forget_watched(conn: Connection, paths: Iterable[str]) -> None:
         """Drop watched files that disappeared (so a file put back is registered again)."""
         conn.executemany("DELETE FROM watched WHERE path = ?", [(p,) for p in paths])
 

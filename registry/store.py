@@ -1,10 +1,16 @@
 """The registry: ONNX blobs and an SQLite index under one directory, and the module cache.
 
-Layout of a registry root::
+Layout of a registry root (the embedded default)::
 
     index.sqlite3          the index (WAL mode; -wal and -shm files beside it)
     blobs/<sha256>.onnx    each distinct model file once, named by its content
     tmp/                   uploads in progress
+
+Shared by replicas instead, the index lives in PostgreSQL
+(:mod:`preimage.registry.postgres`) and the blobs in an object store
+(:mod:`preimage.registry.objects`); the root then holds only the local blob
+cache and spooled uploads (``blobs/``, ``tmp/``). Everything below holds for
+both: the same transactions, under one write lock shared by every replica.
 
 A registration validates the bytes completely first (nothing is stored for a
 refused model), then, holding the index's write lock, renames the fsynced
@@ -19,14 +25,15 @@ from __future__ import annotations
 import builtins
 import hashlib
 import logging
-import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from preimage.errors import InvalidArgumentError
-from preimage.registry.blobs import BlobStore
+from preimage.registry.blobs import Blobs, BlobStore
 from preimage.registry.cache import ModuleCache
 from preimage.registry.errors import (
     ModelIntegrityError,
@@ -65,7 +72,7 @@ class Registry:
     """
 
     def __init__(
-        self, root: Path, index: Index, blobs: BlobStore, cache: ModuleCache, max_model_bytes: int, parity_rows: int
+        self, root: Path, index: Index, blobs: Blobs, cache: ModuleCache, max_model_bytes: int, parity_rows: int
     ) -> None:
         self.root = root
         self.max_model_bytes = max_model_bytes
@@ -74,6 +81,14 @@ class Registry:
         self._blobs = blobs
         self._cache = cache
         self._closed = False
+        self._seen_generation: int | None = None
+        self._refresh_lock = threading.Lock()
+        # Shared registries only: reference -> record, valid while refresh() keeps succeeding.
+        self._lookup_window: float | None = None
+        self._lookups: dict[ModelRef, ModelRecord] = {}
+        self._lookups_valid_until = 0.0
+        self._lookup_epoch = 0
+        self._lookup_lock = threading.Lock()
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -85,27 +100,52 @@ class Registry:
         max_model_bytes: int = 256 * 2**20,
         cache_size: int = 8,
         parity_rows: int = 32,
+        index_url: str | None = None,
+        blobs_url: str | None = None,
     ) -> Registry:
         """Open (creating if needed) the registry at ``root`` and clean up after any crash.
 
         Args:
-            root: The registry directory.
+            root: The registry directory; with ``index_url`` and ``blobs_url``, only a local cache.
             max_model_bytes: Largest ONNX file accepted (at most 2 GiB - 1, protobuf's limit).
             cache_size: Most converted modules kept in memory (0: none).
             parity_rows: Rows of the parity check run at registration (at least 2).
+            index_url: ``postgresql://USER[:PASS]@HOST:PORT/DB``: a shared index (needs ``blobs_url``).
+            blobs_url: ``s3://BUCKET/PREFIX`` (or ``gs://``, ``az://``, ``file://``): shared blobs
+                (needs ``index_url``).
 
         Raises:
-            ValueError: A setting out of range.
-            RegistryUnavailableError: The index cannot be opened (e.g. not an SQLite file).
+            ValueError: A setting out of range, or only one of ``index_url`` and ``blobs_url``.
+            RegistryUnavailableError: The index cannot be opened (e.g. not an SQLite file, or unreachable).
+            BlobStoreUnavailableError: The object store cannot be reached.
         """
         if not 0 < max_model_bytes <= MAX_PROTOBUF_BYTES:
             raise ValueError(f"max_model_bytes must be in 1..{MAX_PROTOBUF_BYTES}, got {max_model_bytes}")
         if parity_rows < 2:
             raise ValueError(f"parity_rows must be at least 2 (batching is part of the check), got {parity_rows}")
+        if (index_url is None) != (blobs_url is None):
+            raise ValueError(
+                "a shared registry needs both index_url (postgresql://...) and blobs_url (s3://...): "
+                "replicas sharing one of them but not the other would not see each other's models"
+            )
         path = Path(root).expanduser().resolve()
         path.mkdir(parents=True, exist_ok=True)
-        blobs = BlobStore(path)
-        index = Index(path / "index.sqlite3")
+        local = BlobStore(path)
+        index: Index
+        blobs: Blobs
+        if index_url is not None and blobs_url is not None:
+            from preimage.registry.objects import ObjectBlobStore
+            from preimage.registry.postgres import PostgresIndex
+
+            shared = PostgresIndex(index_url)
+            try:
+                blobs = ObjectBlobStore(blobs_url, local, shared.owner, shared.owner_alive)
+            except BaseException:
+                shared.close()
+                raise
+            index = shared
+        else:
+            index, blobs = Index(path / "index.sqlite3"), local
         registry = cls(path, index, blobs, ModuleCache(cache_size), max_model_bytes, parity_rows)
         try:
             registry._clean_up()
@@ -116,18 +156,24 @@ class Registry:
 
     def _clean_up(self) -> None:
         removed_temp = self._blobs.clean_temp()
+        # Under the write lock, which every placement holds too: no blob is between placement and its row.
         with self._index.write() as conn:
             referenced = self._index.referenced(conn)
-            orphans = [sha for sha in self._blobs.stored() if sha not in referenced]
+            stored = set(self._blobs.stored())
+            orphans = sorted(stored - referenced)
             for sha in orphans:
                 self._blobs.remove(sha)
-        missing = [sha for sha in referenced if not self._blobs.path(sha).exists()]
-        if removed_temp or orphans:
+        missing = sorted(referenced - stored)
+        pruned = self._blobs.prune_cache(referenced)
+        if removed_temp or orphans or pruned:
             log.info(
-                "registry clean-up: removed %d temporary files and %d orphan blobs", len(removed_temp), len(orphans)
+                "registry clean-up: removed %d temporary files, %d orphan blobs and %d stale cached blobs",
+                len(removed_temp),
+                len(orphans),
+                pruned,
             )
         for sha in missing:
-            log.error("registry %s: blob %s is referenced but missing", self.root, sha)
+            log.error("registry %s: blob %s is referenced but missing", self._blobs.where, sha)
 
     def close(self) -> None:
         """Release the index; later calls raise :class:`RegistryUnavailableError`. Loaded modules stay valid."""
@@ -135,24 +181,59 @@ class Registry:
         self._index.close()
 
     def check_readable(self) -> None:
-        """Raise :class:`RegistryUnavailableError` unless the index file can be opened and read now.
+        """Raise unless the index and the blob store can be read now.
 
-        Uses a fresh read-only connection, so a deleted or replaced index file is noticed.
+        Uses a fresh connection to the index, so a deleted or replaced index file, or a database
+        that went away, is noticed.
+
+        Raises:
+            RegistryUnavailableError: The index cannot be read.
+            BlobStoreUnavailableError: The shared object store does not answer.
         """
         self._require_open()
-        path = self._index.path
-        if not path.is_file():
-            raise RegistryUnavailableError(str(self.root), f"{path} is missing")
-        try:
-            conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5.0)
-            try:
-                conn.execute("SELECT COUNT(*) FROM models").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
-            raise RegistryUnavailableError(str(self.root), f"{type(exc).__name__}: {exc}") from exc
-        if not self._blobs.blob_dir.is_dir():
-            raise RegistryUnavailableError(str(self.root), f"{self._blobs.blob_dir} is missing")
+        self._index.check()
+        self._blobs.check()
+
+    @property
+    def description(self) -> str:
+        """Where the index and the blobs are (passwords left out), for logs."""
+        if self._blobs.where == str(self.root):
+            return str(self.root)
+        return f"index {self._index.where}, blobs {self._blobs.where} (local cache {self.root})"
+
+    def refresh(self) -> bool:
+        """Catch up with changes other processes made; servers on a shared index call it every ``poll`` seconds.
+
+        Reads the generation counter (one small query). When it moved, drops every cached
+        reference lookup and the converted modules of blobs no row references any more. Each
+        successful call also keeps the lookup cache of a shared registry valid for
+        ``lookup_window`` seconds more (counted from the start of the call); when calls stop
+        succeeding (the index is unreachable) lookups go to the index again, so a replica never
+        answers from lookups older than that.
+
+        Returns:
+            Whether the index had changed since the last call.
+        """
+        self._require_open()
+        with self._refresh_lock:
+            started = time.monotonic()
+            generation = self._index.generation()
+            changed = generation != self._seen_generation
+            if changed:
+                first = self._seen_generation is None
+                self._seen_generation = generation
+                self._forget_lookups()
+                cached = set(self._cache.keys())
+                if cached and not first:
+                    with self._index.read() as conn:
+                        gone = cached - self._index.referenced(conn, cached)
+                    for sha in gone:
+                        self._cache.discard(sha)
+                changed = not first
+            if self._lookup_window is not None:
+                with self._lookup_lock:
+                    self._lookups_valid_until = started + self._lookup_window
+            return changed
 
     def generation(self) -> int:
         """A number that moves whenever anything changes the index, from this process or another.
@@ -162,6 +243,11 @@ class Registry:
         """
         self._require_open()
         return self._index.generation()
+
+    def _forget_lookups(self) -> None:
+        with self._lookup_lock:
+            self._lookup_epoch += 1
+            self._lookups.clear()
 
     def _require_open(self) -> None:
         if self._closed:
@@ -240,18 +326,26 @@ class Registry:
             prepared.statistics,
             source,
         )
-        with self._index.write() as conn:
-            new_blob = self._blobs.place(temp, sha256)
-            try:
-                pause("commit")
-                version = self._index.insert(conn, row)
-                if watched is not None:
-                    self._index.record_watched(conn, replace(watched, version=version, error=None))
-                record = self._index.records(conn, name, version=version)[0]
-            except BaseException:
-                if new_blob:  # still under the write lock: nothing else can have come to reference it
-                    self._blobs.remove(sha256)
-                raise
+        staged = self._blobs.stage(temp)
+        try:
+            pause("stage")
+            with self._index.write() as conn:
+                new_blob = self._blobs.place(temp, staged, sha256)
+                try:
+                    pause("commit")
+                    version = self._index.insert(conn, row)
+                    if watched is not None:
+                        self._index.record_watched(conn, replace(watched, version=version, error=None))
+                    record = self._index.records(conn, name, version=version)[0]
+                except BaseException:
+                    if new_blob:  # still under the write lock: nothing else can have come to reference it
+                        self._blobs.remove(sha256)
+                    raise
+        except BaseException:
+            if staged != str(temp):
+                self._blobs.discard(staged)
+            raise
+        self._forget_lookups()
         self._cache.put(sha256, prepared.module)
         log.info("registered %s (sha256 %s, %d bytes, source %s)", record.ref, sha256, size, source.value)
         return record
@@ -267,8 +361,35 @@ class Registry:
         """
         parsed = ModelRef.of(ref)
         self._require_open()
+        with self._lookup_lock:
+            fresh = time.monotonic() < self._lookups_valid_until
+            hit = self._lookups.get(parsed) if fresh else None
+            epoch = self._lookup_epoch
+        if hit is not None:
+            return hit
         with self._index.read() as conn:
-            return self._index.resolve(conn, parsed)
+            record = self._index.resolve(conn, parsed)
+        if fresh:
+            with self._lookup_lock:
+                if epoch == self._lookup_epoch:  # no change was noticed while we read: still current
+                    self._lookups[parsed] = record
+        return record
+
+    @property
+    def caches_lookups(self) -> bool:
+        """Whether :meth:`get` answers from memory between refreshes (:meth:`cache_lookups` was called)."""
+        return self._lookup_window is not None
+
+    def cache_lookups(self, window_seconds: float) -> None:
+        """Answer :meth:`get` from memory for up to ``window_seconds`` after each successful :meth:`refresh`.
+
+        For a shared index, where a lookup is a database round trip: a server calls
+        :meth:`refresh` every ``window_seconds / 2``, so a change made by another replica is seen
+        within ``window_seconds``; changes made through this registry are seen at once.
+        """
+        if not window_seconds > 0:
+            raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+        self._lookup_window = window_seconds
 
     def list(self, name: str | None = None, all_versions: bool = False) -> _Records:
         """Records sorted by name then version: the latest of each name, or every version.
@@ -319,6 +440,7 @@ class Registry:
             else:
                 deleted = [self._index.resolve(conn, parsed)]
             self._index.delete(conn, parsed.name, [r.version for r in deleted])
+        self._forget_lookups()
         pause("delete")
         self._remove_unreferenced({r.sha256 for r in deleted})
         log.info("deleted %s", ", ".join(r.ref for r in deleted))
@@ -348,7 +470,9 @@ class Registry:
         with self._index.write() as conn:
             self._index.resolve(conn, ModelRef(name, version=version))
             self._index.set_alias(conn, name, alias, version)
-            return self._index.records(conn, name, version=version)[0]
+            record = self._index.records(conn, name, version=version)[0]
+        self._forget_lookups()
+        return record
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``NAME@ALIAS``.
@@ -362,6 +486,7 @@ class Registry:
         with self._index.write() as conn:
             if not self._index.delete_alias(conn, name, alias):
                 self._index.resolve(conn, ModelRef(name, alias=alias))  # raises, naming what is missing
+        self._forget_lookups()
 
     # -- loading ----------------------------------------------------------------------------------------------
 
@@ -379,7 +504,7 @@ class Registry:
     def _cold_load(self, record: ModelRecord) -> torch.nn.Module:
         self._require_open()
         try:
-            data = self._blobs.path(record.sha256).read_bytes()
+            data = self._blobs.read(record.sha256)
         except FileNotFoundError:
             self.get(record.ref)  # raises ModelNotFoundError when the version was deleted meanwhile
             raise ModelIntegrityError(record.name, record.version, record.sha256, "its blob file is missing") from None

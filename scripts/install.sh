@@ -17,8 +17,9 @@ fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.14.1 torchvision==0.29.1
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[${EXTRAS}]"
 if [[ ",${EXTRAS}," == *",test,"* ]]; then
-  # Go and Java toolchains for the interop clients (tests/interop/compiled.py), from Debian's archive.
-  debs=(protobuf-compiler libprotobuf-dev
+  # From Debian's archive: Go and Java toolchains for the interop clients (tests/interop/compiled.py),
+  # and a real PostgreSQL server for the shared-registry tests (they start throwaway clusters themselves).
+  debs=(postgresql protobuf-compiler libprotobuf-dev
         golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev protoc-gen-go protoc-gen-go-grpc
         default-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libgoogle-common-protos-java
         libguava-java libnetty-java libnetty-tcnative-java libnetty-tcnative-jni libperfmark-java libgeronimo-annotation-1.3-spec-java)
@@ -32,7 +33,7 @@ if [[ ",${EXTRAS}," == *",test,"* ]]; then
       apt-get update -qq
       apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     else
-      echo "not installed (the Go/Java interop tests skip, or fail under CI=true): ${missing[*]}" >&2
+      echo "not installed (the Go/Java interop and shared-registry tests skip, or fail under CI=true): ${missing[*]}" >&2
     fi
   fi
 fi

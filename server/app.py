@@ -43,6 +43,8 @@ SERVICE_NAMES = (
     grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 )
 REGISTRY_CHECK_SECONDS = 5.0
+SHARED_CHECK_SECONDS = 2.0
+"""With a shared index and blob store: how often both are checked for health (a database is likelier to go away)."""
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 log = logging.getLogger("preimage.server")
@@ -93,6 +95,7 @@ class PreimageServer:
         self._watcher: Any = None
         self._metrics_http: Any = None
         self._monitor: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
 
     def _bind(self) -> int:
         settings = self.settings
@@ -143,7 +146,11 @@ class PreimageServer:
             settings.registry_dir,
             max_model_bytes=settings.max_model_bytes,
             cache_size=settings.cache_size,
+            index_url=settings.index,
+            blobs_url=settings.blobs,
         )
+        if settings.index is not None:
+            self._registry.cache_lookups(2 * settings.index_poll_seconds)
         self.runtime.set_registry(self._registry)
         if settings.watch_dir is not None:
             from preimage.registry.watch import FolderWatcher
@@ -156,13 +163,16 @@ class PreimageServer:
             self._metrics_http = self.metrics.serve_http(settings.metrics_address)
         await self._set_health(_SERVING)
         self._monitor = asyncio.create_task(self._watch_registry())
-        log.info("preimage serving on %s, registry %s", self.address, settings.registry_dir)
+        if settings.index is not None:
+            self._follower = asyncio.create_task(self._follow_index())
+        log.info("preimage serving on %s, registry %s", self.address, self._registry.description)
 
     async def _watch_registry(self) -> None:
         """Report NOT_SERVING while the registry cannot be read, SERVING again when it can."""
         serving = True
+        interval = REGISTRY_CHECK_SECONDS if self.settings.index is None else SHARED_CHECK_SECONDS
         while True:
-            await asyncio.sleep(REGISTRY_CHECK_SECONDS)
+            await asyncio.sleep(interval)
             try:
                 await self.runtime.run(self._registry.check_readable)
                 healthy = True
@@ -172,15 +182,27 @@ class PreimageServer:
                     log.error("registry unreadable, reporting NOT_SERVING: %s", exc)
             if healthy != serving:
                 serving = healthy
+                if healthy:
+                    log.info("registry readable again, reporting SERVING")
                 await self._set_health(_SERVING if healthy else _NOT_SERVING)
+
+    async def _follow_index(self) -> None:
+        """Pick up other replicas' changes: the generation counter moved -> drop modules of deleted blobs."""
+        while True:
+            await asyncio.sleep(self.settings.index_poll_seconds)
+            try:
+                await self.runtime.run(self._registry.refresh)
+            except Exception as exc:  # the health monitor reports an unreachable index; keep following
+                log.debug("could not poll the shared index: %s", exc)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, let in-flight calls run up to ``grace`` seconds, cancel the rest."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         self.serving = False
         await self.health.enter_graceful_shutdown()
-        if self._monitor is not None:
-            self._monitor.cancel()
+        for task in (self._monitor, self._follower):
+            if task is not None:
+                task.cancel()
         await self.server.stop(grace)
         self.runtime.close()
         if self._watcher is not None:

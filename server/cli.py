@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with settings (env PREIMAGE_CONFIG)")
     p.add_argument("--address", help="HOST:PORT to listen on (default 127.0.0.1:50051)")
     p.add_argument("--registry", dest="registry_dir", help=f"registry directory (default {default_registry_dir()})")
+    p.add_argument("--index", help="shared index postgresql://USER[:PASS]@HOST:PORT/DB (with --blobs)")
+    p.add_argument("--blobs", help="shared blob store s3://BUCKET/PREFIX (with --index; AWS_* variables apply)")
     p.add_argument("--watch", dest="watch_dir", help="register DIR/NAME/*.onnx and pick up changes while serving")
     p.add_argument("--watch-interval", dest="watch_interval_seconds", type=float, help="seconds between scans")
     p.add_argument("--max-model-bytes", type=int, help="largest ONNX model accepted (default 256 MiB)")
@@ -94,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from preimage.server.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
+    from preimage.errors import UnavailableError
+
     try:
         return run(settings)
-    except OSError as exc:
+    except (OSError, UnavailableError) as exc:  # e.g. the shared index or blob store cannot be reached
         print(f"preimage serve: {exc}", file=sys.stderr)
         return 1
 

@@ -75,15 +75,18 @@ class Runtime:
     def _warm(self, ref: str) -> WarmModel:
         """In a worker: the record ``ref`` names (cached until the registry's next write), its warm state."""
         registry = self.registry()
-        generation = registry.generation()
-        cached = self._records.get(ref)
-        if cached is not None and cached[0] == generation:
-            record = cached[1]
-        else:
+        if registry.caches_lookups:  # a shared index: the registry answers from memory between polls
             record = registry.get(ref)
-            if len(self._records) > _RECORDS:
-                self._records.clear()
-            self._records[ref] = (generation, record)
+        else:  # the embedded index: reading the generation is far cheaper than resolving (schema JSON)
+            generation = registry.generation()
+            cached = self._records.get(ref)
+            if cached is not None and cached[0] == generation:
+                record = cached[1]
+            else:
+                record = registry.get(ref)
+                if len(self._records) > _RECORDS:
+                    self._records.clear()
+                self._records[ref] = (generation, record)
         hit = record.sha256 in registry.cached()
         loaded = registry.load(record)
         self.metrics.model_loads.labels("hit" if hit else "miss").inc()

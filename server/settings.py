@@ -23,6 +23,9 @@ from pydantic_settings import (
 
 __all__ = ["Settings", "default_registry_dir", "device_problem"]
 
+# What obstore's from_url reads (preimage.registry.objects); kept here so settings import nothing heavy.
+_BLOB_SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss", "file")
+
 
 def default_registry_dir() -> Path:
     """``$XDG_DATA_HOME/preimage/registry``, else ``~/.local/share/preimage/registry``."""
@@ -55,7 +58,18 @@ class Settings(BaseSettings):
     """HOST:PORT to listen on; port 0 picks a free port. Loopback by default."""
 
     registry_dir: Path = Field(default_factory=default_registry_dir)
-    """Registry directory (ONNX blobs and the SQLite index)."""
+    """Registry directory (ONNX blobs and the SQLite index); with ``index`` and ``blobs``, only a local cache."""
+
+    index: str | None = None
+    """Shared index ``postgresql://USER[:PASS]@HOST:PORT/DB`` for replicas sharing one registry; needs ``blobs``."""
+
+    blobs: str | None = None
+    """Shared blob store ``s3://BUCKET/PREFIX`` (also ``gs://``, ``az://``, ``file://``); needs ``index``.
+    Endpoint, region and keys come from the standard ``AWS_*`` variables."""
+
+    index_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    """With a shared index: how often the index is polled for other replicas' changes; they are seen within
+    twice this (lookups are answered from memory in between)."""
 
     max_model_bytes: int = Field(default=256 * 2**20, gt=0)
     """Largest ONNX model accepted for registration, in bytes."""
@@ -169,6 +183,30 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("index")
+    @classmethod
+    def _check_index(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"index must be a postgresql://USER[:PASS]@HOST:PORT/DB URL, got {value.split(':')[0]!r}")
+        return value
+
+    @field_validator("blobs")
+    @classmethod
+    def _check_blobs(cls, value: str | None) -> str | None:
+        scheme, sep, rest = (value or "").partition("://")
+        if value is not None and (not sep or not rest or scheme not in _BLOB_SCHEMES):
+            raise ValueError(f"blobs must be a URL like s3://BUCKET/PREFIX (schemes: {', '.join(_BLOB_SCHEMES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_shared(self) -> Settings:
+        if (self.index is None) != (self.blobs is None):
+            raise ValueError(
+                "index and blobs go together: replicas share the registry through both a PostgreSQL index "
+                "(--index postgresql://...) and an object store (--blobs s3://...)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

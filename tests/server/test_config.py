@@ -28,6 +28,26 @@ def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_model_bytes == 256 * 2**20  # default
 
 
+def test_shared_registry_from_flags_env_and_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "preimage.toml"
+    config.write_text('index = "postgresql://file@db:5432/preimage"\nblobs = "s3://file-bucket/models"\n')
+    assert (Settings(config=config).index, Settings(config=config).blobs) == (
+        "postgresql://file@db:5432/preimage",
+        "s3://file-bucket/models",
+    )
+    monkeypatch.setenv("PREIMAGE_INDEX", "postgresql://env@db:5432/preimage")
+    monkeypatch.setenv("PREIMAGE_BLOBS", "s3://env-bucket/models")
+    assert (Settings(config=config).index, Settings(config=config).blobs) == (
+        "postgresql://env@db:5432/preimage",
+        "s3://env-bucket/models",
+    )
+    flags = settings_from_args(["--index", "postgresql://flag@db/p", "--blobs", "gs://flag-bucket/m"])
+    assert (flags.index, flags.blobs) == ("postgresql://flag@db/p", "gs://flag-bucket/m")
+    monkeypatch.delenv("PREIMAGE_INDEX")
+    monkeypatch.delenv("PREIMAGE_BLOBS")
+    assert (Settings().index, Settings().blobs) == (None, None)  # the embedded default
+
+
 def test_env_tokens_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PREIMAGE_ADMIN_TOKENS", "a, b")
     assert Settings().admin_tokens == ["a", "b"]
@@ -40,6 +60,11 @@ def test_env_tokens_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None
         (["--max-concurrent-inverts", "0"], "max_concurrent_inverts"),
         (["--config", "/nonexistent.toml"], "does not exist"),
         (["--log-format", "xml"], "invalid choice"),
+        (["--index", "postgresql://u@h:5432/db"], "index and blobs go together"),
+        (["--blobs", "s3://bucket/prefix"], "index and blobs go together"),
+        (["--index", "mysql://u@h/db", "--blobs", "s3://b/p"], "index must be a postgresql://"),
+        (["--index", "postgresql://u@h/db", "--blobs", "ftp://b/p"], "blobs must be a URL like s3://BUCKET/PREFIX"),
+        (["--index", "postgresql://u@h/db", "--blobs", "bucket/prefix"], "blobs must be a URL like s3://BUCKET/PREFIX"),
     ],
 )
 def test_bad_settings_exit_with_message(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,8 +14,10 @@ from grpc_status import rpc_status
 
 from preimage.oip import grpc_predict_v2_pb2 as oip_pb2
 from preimage.oip import grpc_predict_v2_pb2_grpc as oip_pb2_grpc
+from preimage.registry.errors import BlobStoreUnavailableError, RegistryUnavailableError
 from preimage.server.app import start_server
 from preimage.server.settings import Settings
+from preimage.server.status import code_for, status_for
 from preimage.v1 import inference_pb2, registry_pb2, tensor_pb2
 from tests.models import linear_onnx, onnx_eval
 from tests.server.conftest import Stubs, connect, register, upload_requests
@@ -329,3 +331,23 @@ def test_model_over_size_limit_is_resource_exhausted(tmp_path: Any) -> None:
         assert "1024" in caught.value.details()
         assert list(stubs.registry.ListModels(registry_pb2.ListModelsRequest()).models) == []
         stubs.channel.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (
+            BlobStoreUnavailableError("s3://models/prod", "GenericError: connection refused"),
+            "the blob store s3://models/prod is unavailable: GenericError: connection refused",
+        ),
+        (
+            RegistryUnavailableError("postgresql://app:***@db:5432/preimage", "OperationalError: timeout"),
+            "the model registry at postgresql://app:***@db:5432/preimage is unavailable",
+        ),
+    ],
+    ids=["blob-store", "shared-index"],
+)
+def test_shared_store_errors_are_unavailable_naming_the_store(error: Exception, words: str) -> None:
+    # The end-to-end cases (a stopped S3 server, a stopped PostgreSQL) are in tests/server/test_replicas.py.
+    assert code_for(error) is grpc.StatusCode.UNAVAILABLE
+    assert words in status_for(error, "r1").details
