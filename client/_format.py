@@ -126,8 +126,18 @@ def train_result_lines(result: TrainResult) -> list[str]:
     """The model reference, then one line of validation metrics per output."""
     lines = [result.model.ref]
     for m in result.metrics:
-        lines.append(f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}")
-    lines.append(f"{result.epochs_run} epochs, {result.rows} rows, {result.elapsed_seconds:.3g} s")
+        lines.append(
+            f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
+            f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
+        )
+    for c in result.candidates:
+        mark = "*" if c.selected else " "
+        net = "x".join(map(str, c.hidden_sizes)) or "linear"
+        lines.append(f"{mark} network {net}: val loss {c.validation_loss:.4g}, {c.epochs_run} epochs, {c.stop_reason}")
+    lines.append(
+        f"{result.epochs_run} epochs ({result.stop_reason}), {result.rows} rows, batch {result.batch_size}, "
+        f"{result.elapsed_seconds:.3g} s"
+    )
     return lines
 
 
@@ -152,8 +162,9 @@ class ProgressBar:
         """Show one epoch's progress."""
         share = p.epoch / p.epochs if p.epochs else 0.0
         filled = round(share * self.WIDTH)
+        net = f"net {p.candidate + 1}/{p.candidates} " if p.candidates > 1 else ""
         text = (
-            f"epoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{net}epoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
             f"train {p.train_loss:.4g}  val {p.validation_loss:.4g}  best {p.best_validation_loss:.4g}  "
             f"{p.elapsed_seconds:.0f}s, eta {p.eta_seconds:.0f}s"
         )

@@ -35,6 +35,7 @@ __all__ = [
     "ModelSource",
     "ModelVersion",
     "OutputFeature",
+    "ModelCandidate",
     "OutputMetrics",
     "Pattern",
     "Prior",
@@ -503,6 +504,9 @@ class TrainProgress:
     elapsed_seconds: float
     eta_seconds: float
     best_validation_loss: float
+    candidate: int = 0
+    candidates: int = 1
+    learning_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict tagged ``"event": "progress"``."""
@@ -529,6 +533,19 @@ class OutputMetrics:
     mse: float
     mae: float
     r2: float
+    residual_std: float = 0.0
+    residual_p95: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelCandidate:
+    """One network a Train run tried, with its best validation loss (standardized MSE)."""
+
+    hidden_sizes: tuple[int, ...]
+    validation_loss: float
+    epochs_run: int
+    stop_reason: str
+    selected: bool
 
 
 @dataclass(frozen=True)
@@ -540,6 +557,11 @@ class TrainResult:
     epochs_run: int
     elapsed_seconds: float
     rows: int
+    stop_reason: str = "unspecified"
+    """``converged``, ``max_epochs``, ``time_budget`` or ``diverged`` (``unspecified`` from older servers)."""
+    candidates: tuple[ModelCandidate, ...] = ()
+    hidden_sizes: tuple[int, ...] = ()
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict tagged ``"event": "result"``."""
@@ -550,6 +572,10 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "elapsed_seconds": self.elapsed_seconds,
             "rows": self.rows,
+            "stop_reason": self.stop_reason,
+            "hidden_sizes": list(self.hidden_sizes),
+            "batch_size": self.batch_size,
+            "candidates": [{**_fields(c), "hidden_sizes": list(c.hidden_sizes)} for c in self.candidates],
             "schema": self.model.schema.to_dict(),
         }
 

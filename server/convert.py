@@ -28,6 +28,7 @@ from preimage.server.engine.types import (
     PatternBatch,
     PriorKind,
     TargetSpec,
+    StopReason,
     TrainedModel,
     TrainProgress,
     TrainSpec,
@@ -396,6 +397,11 @@ def invert_summary_to_proto(summary: InvertSummary, name: str, version: int) -> 
 def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: float) -> TrainSpec:
     """The engine's :class:`TrainSpec` from the first Train message; unset numbers take defaults."""
     defaults = TrainSpec(name=config.name, target_columns=tuple(config.target_columns))
+    if config.HasField("time_budget") and not (math.isfinite(config.time_budget) and config.time_budget > 0):
+        raise InvalidArgumentError(
+            f"config.time_budget: must be a positive number of seconds, got {config.time_budget}",
+            field="config.time_budget",
+        )
     if config.activation not in _ACTIVATIONS:
         raise InvalidArgumentError(
             f"config.activation: unknown activation {config.activation}", field="config.activation"
@@ -422,10 +428,10 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         target_columns=tuple(config.target_columns),
         feature_columns=tuple(config.feature_columns),
         categorical_columns=tuple(config.categorical_columns),
-        hidden_sizes=tuple(config.hidden_sizes) or defaults.hidden_sizes,
+        hidden_sizes=tuple(config.hidden_sizes) or None,
         activation=_ACTIVATIONS[config.activation],
         epochs=config.epochs or defaults.epochs,
-        batch_size=config.batch_size or defaults.batch_size,
+        batch_size=config.batch_size or None,
         learning_rate=config.learning_rate if config.HasField("learning_rate") else defaults.learning_rate,
         weight_decay=config.weight_decay if config.HasField("weight_decay") else defaults.weight_decay,
         validation_fraction=(
@@ -434,7 +440,7 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         patience=config.patience or defaults.patience,
         seed=config.seed if config.HasField("seed") else None,
         feature_overrides=tuple(overrides),
-        max_seconds=max_seconds,
+        max_seconds=min(config.time_budget, max_seconds) if config.HasField("time_budget") else max_seconds,
     )
 
 
@@ -469,6 +475,9 @@ def train_event_to_proto(event: TrainProgress | TrainWarning) -> inference_pb2.T
             elapsed_seconds=event.elapsed_seconds,
             eta_seconds=event.eta_seconds,
             best_validation_loss=event.best_validation_loss,
+            candidate=event.candidate,
+            candidates=event.candidates,
+            learning_rate=event.learning_rate,
         )
     )
 
@@ -479,10 +488,39 @@ def train_result_to_proto(trained: TrainedModel, record: Any) -> inference_pb2.T
         result=inference_pb2.TrainResult(
             model=model_info_to_proto(record),
             metrics=[
-                inference_pb2.OutputMetrics(output=m.output, mse=m.mse, mae=m.mae, r2=m.r2) for m in trained.metrics
+                inference_pb2.OutputMetrics(
+                    output=m.output,
+                    mse=m.mse,
+                    mae=m.mae,
+                    r2=m.r2,
+                    residual_std=m.residual_std,
+                    residual_p95=m.residual_p95,
+                )
+                for m in trained.metrics
             ],
             epochs_run=trained.epochs_run,
             elapsed_seconds=trained.elapsed_seconds,
             rows=trained.rows,
+            stop_reason=_STOP_REASONS[trained.stop_reason],
+            candidates=[
+                inference_pb2.ModelCandidate(
+                    hidden_sizes=c.hidden_sizes,
+                    validation_loss=c.validation_loss,
+                    epochs_run=c.epochs_run,
+                    stop_reason=_STOP_REASONS[c.stop_reason],
+                    selected=c.selected,
+                )
+                for c in trained.candidates
+            ],
+            hidden_sizes=trained.hidden_sizes,
+            batch_size=trained.batch_size,
         )
     )
+
+
+_STOP_REASONS = {
+    StopReason.CONVERGED: inference_pb2.STOP_REASON_CONVERGED,
+    StopReason.MAX_EPOCHS: inference_pb2.STOP_REASON_MAX_EPOCHS,
+    StopReason.TIME_BUDGET: inference_pb2.STOP_REASON_TIME_BUDGET,
+    StopReason.DIVERGED: inference_pb2.STOP_REASON_DIVERGED,
+}
