@@ -102,6 +102,18 @@ def describe_model(info: ModelInfo) -> str:
     lines.append(f"outputs  {', '.join(info.schema.output_names) or info.output_width}")
     if info.statistics is not None:
         lines.append(f"training data  {info.statistics.rows} rows (statistics stored)")
+    t = info.training
+    if t is not None:
+        net = "x".join(map(str, t.hidden_sizes)) or "linear"
+        lines.append(
+            f"trained  network {net}, {t.epochs_run} epochs ({t.stop_reason}), batch {t.batch_size}, "
+            f"{t.rows} rows, {t.elapsed_seconds:.3g} s"
+        )
+        for m in t.metrics:
+            lines.append(
+                f"  validation {m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
+                f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
+            )
     return "\n".join(lines)
 
 

@@ -23,14 +23,15 @@ from preimage.client.types import (
     InvertMode,
     InvertStatus,
     InvertSummary,
+    ModelCandidate,
     ModelInfo,
     ModelSource,
     ModelVersion,
     OutputFeature,
-    ModelCandidate,
     OutputMetrics,
     Prior,
     TrainEvent,
+    TrainingReport,
     TrainProgress,
     TrainResult,
     TrainWarning,
@@ -197,6 +198,19 @@ def model_info_from_proto(message: registry_pb2.ModelInfo) -> ModelInfo:
         source=_SOURCE_FROM_PROTO.get(message.source, ModelSource.UNSPECIFIED),
         statistics=statistics,
         latest=bool(message.latest),
+        training=_training_from_proto(message.training) if message.HasField("training") else None,
+    )
+
+
+def _training_from_proto(t: registry_pb2.TrainingReport) -> TrainingReport:
+    return TrainingReport(
+        stop_reason=t.stop_reason,
+        epochs_run=int(t.epochs_run),
+        rows=int(t.rows),
+        hidden_sizes=tuple(int(h) for h in t.hidden_sizes),
+        batch_size=int(t.batch_size),
+        metrics=tuple(OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in t.metrics),
+        elapsed_seconds=float(t.elapsed_seconds),
     )
 
 

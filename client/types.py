@@ -31,11 +31,11 @@ __all__ = [
     "InvertMode",
     "InvertStatus",
     "InvertSummary",
+    "ModelCandidate",
     "ModelInfo",
     "ModelSource",
     "ModelVersion",
     "OutputFeature",
-    "ModelCandidate",
     "OutputMetrics",
     "Pattern",
     "Prior",
@@ -43,6 +43,7 @@ __all__ = [
     "TrainProgress",
     "TrainResult",
     "TrainWarning",
+    "TrainingReport",
 ]
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
@@ -380,6 +381,8 @@ class ModelInfo:
     source: ModelSource = ModelSource.UNSPECIFIED
     statistics: DataStatistics | None = None
     latest: bool = False
+    training: TrainingReport | None = None
+    """How Train fitted this version (``None`` for uploaded models and older servers)."""
 
     @property
     def ref(self) -> str:
@@ -401,6 +404,28 @@ class ModelInfo:
             "source": self.source.value,
             "schema": self.schema.to_dict(),
             "statistics": self.statistics.to_dict() if self.statistics else None,
+            "training": self.training.to_dict() if self.training else None,
+        }
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What Train reported when it registered a model: how the fit ended and how good it is."""
+
+    stop_reason: str
+    epochs_run: int
+    rows: int
+    hidden_sizes: tuple[int, ...]
+    batch_size: int
+    metrics: tuple[OutputMetrics, ...]
+    elapsed_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            **_fields(self),
+            "hidden_sizes": list(self.hidden_sizes),
+            "metrics": [_fields(m) for m in self.metrics],
         }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict
 from datetime import timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from preimage.errors import InvalidArgumentError
+from preimage.registry.records import TrainingReport, ValidationMetrics
 from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
 from preimage.server.engine.types import (
     BoundSpec,
@@ -27,8 +29,8 @@ from preimage.server.engine.types import (
     InvertSummary,
     PatternBatch,
     PriorKind,
-    TargetSpec,
     StopReason,
+    TargetSpec,
     TrainedModel,
     TrainProgress,
     TrainSpec,
@@ -53,6 +55,7 @@ __all__ = [
     "train_config_to_spec",
     "train_event_to_proto",
     "train_result_to_proto",
+    "training_report",
 ]
 
 _KIND_FROM_PROTO = {
@@ -266,6 +269,19 @@ def model_info_to_proto(record: Any) -> registry_pb2.ModelInfo:
     )
     if record.statistics is not None:
         info.statistics.CopyFrom(statistics_to_proto(record.statistics))
+    training = getattr(record, "training", None)
+    if training is not None:
+        info.training.CopyFrom(
+            registry_pb2.TrainingReport(
+                stop_reason=training.stop_reason,
+                epochs_run=training.epochs_run,
+                rows=training.rows,
+                hidden_sizes=training.hidden_sizes,
+                batch_size=training.batch_size,
+                metrics=[registry_pb2.ValidationMetrics(**asdict(m)) for m in training.metrics],
+                elapsed_seconds=training.elapsed_seconds,
+            )
+        )
     return info
 
 
@@ -479,6 +495,21 @@ def train_event_to_proto(event: TrainProgress | TrainWarning) -> inference_pb2.T
             candidates=event.candidates,
             learning_rate=event.learning_rate,
         )
+    )
+
+
+def training_report(trained: TrainedModel) -> TrainingReport:
+    """What the registry stores of a Train run beside the model."""
+    return TrainingReport(
+        stop_reason=trained.stop_reason.value,
+        epochs_run=trained.epochs_run,
+        rows=trained.rows,
+        hidden_sizes=trained.hidden_sizes,
+        batch_size=trained.batch_size,
+        metrics=tuple(
+            ValidationMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in trained.metrics
+        ),
+        elapsed_seconds=trained.elapsed_seconds,
     )
 
 

@@ -51,9 +51,9 @@ from preimage.server.engine.types import (
 
 __all__ = [
     "ACTIVATIONS",
+    "SEARCH_CANDIDATES",
     "Rescale",
     "Standardize",
-    "SEARCH_CANDIDATES",
     "TrainingDivergedError",
     "auto_batch_size",
     "build_mlp",
@@ -258,7 +258,9 @@ def train(
     y_mean, y_scale = _mean_scale(Y[train_rows])
     standardize = Standardize(torch.from_numpy(x_mean), torch.from_numpy(x_scale))
     rescale = Rescale(torch.from_numpy(y_mean), torch.from_numpy(y_scale))
-    data = _Data(*_standardized(X, Y, train_rows, standardize, rescale), *_standardized(X, Y, val_rows, standardize, rescale))
+    data = _Data(
+        *_standardized(X, Y, train_rows, standardize, rescale), *_standardized(X, Y, val_rows, standardize, rescale)
+    )
     batch = spec.batch_size or auto_batch_size(len(train_rows))
     networks = SEARCH_CANDIDATES if spec.hidden_sizes is None else (tuple(spec.hidden_sizes),)
 

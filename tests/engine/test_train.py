@@ -421,7 +421,7 @@ def test_export_that_disagrees_with_the_module_is_refused(monkeypatch: pytest.Mo
 def test_defaults_fit_to_the_noise_floor_and_report_the_search() -> None:
     """Without any option a noisy 1,500-row table is fitted to its noise floor, and says how."""
     rng = np.random.default_rng(11)
-    X, columns = difficulty_columns(1500, seed=11)
+    _, columns = difficulty_columns(1500, seed=11)
     sigma = 0.2
     columns["difficulty"] = columns["difficulty"] + rng.normal(0, sigma, 1500)
     spec = TrainSpec(name="defaults", target_columns=("difficulty",), seed=2)

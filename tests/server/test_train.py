@@ -79,6 +79,11 @@ def test_train_then_invert(server: RunningServer, stubs: Stubs) -> None:
     assert result.stop_reason in (inference_pb2.STOP_REASON_CONVERGED, inference_pb2.STOP_REASON_MAX_EPOCHS)
     assert list(result.hidden_sizes) == [32, 32] and result.batch_size == 128
     (candidate,) = result.candidates
+    # The registry keeps the report, so GetModel (and `preimage show`) can tell it later.
+    stored = model.training
+    assert stored.epochs_run == result.epochs_run and list(stored.hidden_sizes) == [32, 32]
+    assert stored.stop_reason in ("converged", "max_epochs") and stored.metrics[0].mse == metrics.mse
+    assert stored.metrics[0].residual_p95 == metrics.residual_p95 and stored.rows == 3000
     assert candidate.selected and candidate.epochs_run == result.epochs_run == progress[-1].epoch
 
     # The registered ONNX takes raw values: check predictions on fresh rows with onnxruntime.
