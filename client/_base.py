@@ -330,6 +330,7 @@ class ClientBase(Generic[S, T]):
         patience: int | None = None,
         seed: int | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
+        time_budget: float | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> T:
@@ -344,17 +345,19 @@ class ClientBase(Generic[S, T]):
             target: Target column(s).
             features: Feature columns in model order (default: every non-target column).
             categorical: Columns holding level strings, one-hot encoded by the server.
-            hidden: Hidden layer sizes (server default 64, 64).
+            hidden: Hidden layer sizes (server default: a small search kept on validation loss).
             activation: ``"relu"``, ``"tanh"``, ``"silu"`` or ``"gelu"``.
-            epochs: Maximum epochs.
-            batch_size: Mini-batch size.
-            learning_rate: Adam learning rate.
+            epochs: Maximum epochs (training stops earlier once the validation loss stops improving).
+            batch_size: Mini-batch size (server default: scaled to the table).
+            learning_rate: Initial AdamW learning rate.
             weight_decay: AdamW weight decay.
             validation_fraction: Share of rows held out.
             patience: Epochs without improvement before early stopping.
             seed: Seed for split, initialization and shuffling (deterministic on one machine).
             overrides: Overrides of the inferred schema by feature, e.g.
                 ``{"walls": {"kind": "integer", "min": 0, "max": 12}}``.
+            time_budget: Seconds of training at most; the best model so far is registered
+                when it runs out (the stop reason says so).
             timeout: Deadline in seconds; when it passes, training stops and nothing is registered.
             request_id: Request id to send.
 
@@ -391,6 +394,7 @@ class ClientBase(Generic[S, T]):
                 patience=patience,
                 seed=seed,
                 overrides=overrides,
+                time_budget=time_budget,
             )
         )
         rid = request_id or _requests.new_request_id()

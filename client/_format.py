@@ -102,6 +102,18 @@ def describe_model(info: ModelInfo) -> str:
     lines.append(f"outputs  {', '.join(info.schema.output_names) or info.output_width}")
     if info.statistics is not None:
         lines.append(f"training data  {info.statistics.rows} rows (statistics stored)")
+    t = info.training
+    if t is not None:
+        net = "x".join(map(str, t.hidden_sizes)) or "linear"
+        lines.append(
+            f"trained  network {net}, {t.epochs_run} epochs ({t.stop_reason}), batch {t.batch_size}, "
+            f"{t.rows} rows, {t.elapsed_seconds:.3g} s"
+        )
+        for m in t.metrics:
+            lines.append(
+                f"  validation {m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
+                f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
+            )
     return "\n".join(lines)
 
 
@@ -128,8 +140,18 @@ def train_result_lines(result: TrainResult) -> list[str]:
     """The model reference, then one line of validation metrics per output."""
     lines = [result.model.ref]
     for m in result.metrics:
-        lines.append(f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}")
-    lines.append(f"{result.epochs_run} epochs, {result.rows} rows, {result.elapsed_seconds:.3g} s")
+        lines.append(
+            f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
+            f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
+        )
+    for c in result.candidates:
+        mark = "*" if c.selected else " "
+        net = "x".join(map(str, c.hidden_sizes)) or "linear"
+        lines.append(f"{mark} network {net}: val loss {c.validation_loss:.4g}, {c.epochs_run} epochs, {c.stop_reason}")
+    lines.append(
+        f"{result.epochs_run} epochs ({result.stop_reason}), {result.rows} rows, batch {result.batch_size}, "
+        f"{result.elapsed_seconds:.3g} s"
+    )
     return lines
 
 
@@ -154,8 +176,9 @@ class ProgressBar:
         """Show one epoch's progress."""
         share = p.epoch / p.epochs if p.epochs else 0.0
         filled = round(share * self.WIDTH)
+        net = f"net {p.candidate + 1}/{p.candidates} " if p.candidates > 1 else ""
         text = (
-            f"epoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
+            f"{net}epoch {p.epoch}/{p.epochs} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
             f"train {p.train_loss:.4g}  val {p.validation_loss:.4g}  best {p.best_validation_loss:.4g}  "
             f"{p.elapsed_seconds:.0f}s, eta {p.eta_seconds:.0f}s"
         )

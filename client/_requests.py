@@ -460,6 +460,7 @@ def train_requests(
     patience: int | None,
     seed: int | None,
     overrides: Mapping[str, Mapping[str, Any]] | None,
+    time_budget: float | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[inference_pb2.TrainRequest]:
     """The Train stream: the configuration, then the table in column chunks (see :meth:`Client.train`).
@@ -484,6 +485,7 @@ def train_requests(
         ("learning_rate", learning_rate),
         ("weight_decay", weight_decay),
         ("validation_fraction", validation_fraction),
+        ("time_budget", time_budget),
     ):
         if value is not None:
             setattr(config, field_name, float(value))

@@ -326,6 +326,7 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         patience=args.patience,
         seed=args.seed,
+        time_budget=args.time_budget,
     )
     bar = _format.ProgressBar(sys.stderr)
     with run:
@@ -483,8 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--categorical", action="append", metavar="COL", help="columns holding level names")
     p.add_argument("--hidden", metavar="64,64", help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "silu", "gelu"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 1000; training stops when it converges)")
+    p.add_argument("--batch-size", type=int, help="default: scaled to the table")
+    p.add_argument(
+        "--time-budget", type=float, metavar="SECONDS", help="train at most this long; the best model so far is kept"
+    )
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--validation-fraction", type=float)

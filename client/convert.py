@@ -23,6 +23,7 @@ from preimage.client.types import (
     InvertMode,
     InvertStatus,
     InvertSummary,
+    ModelCandidate,
     ModelInfo,
     ModelSource,
     ModelVersion,
@@ -30,6 +31,7 @@ from preimage.client.types import (
     OutputMetrics,
     Prior,
     TrainEvent,
+    TrainingReport,
     TrainProgress,
     TrainResult,
     TrainWarning,
@@ -196,6 +198,19 @@ def model_info_from_proto(message: registry_pb2.ModelInfo) -> ModelInfo:
         source=_SOURCE_FROM_PROTO.get(message.source, ModelSource.UNSPECIFIED),
         statistics=statistics,
         latest=bool(message.latest),
+        training=_training_from_proto(message.training) if message.HasField("training") else None,
+    )
+
+
+def _training_from_proto(t: registry_pb2.TrainingReport) -> TrainingReport:
+    return TrainingReport(
+        stop_reason=t.stop_reason,
+        epochs_run=int(t.epochs_run),
+        rows=int(t.rows),
+        hidden_sizes=tuple(int(h) for h in t.hidden_sizes),
+        batch_size=int(t.batch_size),
+        metrics=tuple(OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in t.metrics),
+        elapsed_seconds=float(t.elapsed_seconds),
     )
 
 
@@ -221,6 +236,12 @@ def summary_from_proto(message: inference_pb2.InvertSummary) -> InvertSummary:
     )
 
 
+def stop_reason_from_proto(value: int) -> str:
+    """``converged``, ``max_epochs``, ... from a ``StopReason`` number (``unspecified`` for unknown ones)."""
+    names: dict[int, str] = {int(number): name for name, number in inference_pb2.StopReason.items()}
+    return names.get(value, "STOP_REASON_UNSPECIFIED").removeprefix("STOP_REASON_").lower()
+
+
 def train_event_from_proto(message: inference_pb2.TrainResponse) -> TrainEvent | None:
     """One Train response as a progress, warning or result event; ``None`` for an empty message."""
     which = message.WhichOneof("event")
@@ -234,6 +255,9 @@ def train_event_from_proto(message: inference_pb2.TrainResponse) -> TrainEvent |
             elapsed_seconds=float(p.elapsed_seconds),
             eta_seconds=float(p.eta_seconds),
             best_validation_loss=float(p.best_validation_loss),
+            candidate=int(p.candidate),
+            candidates=int(p.candidates) or 1,
+            learning_rate=float(p.learning_rate),
         )
     if which == "warning":
         return TrainWarning(message.warning.message, message.warning.column or None)
@@ -241,10 +265,25 @@ def train_event_from_proto(message: inference_pb2.TrainResponse) -> TrainEvent |
         r = message.result
         return TrainResult(
             model=model_info_from_proto(r.model),
-            metrics=tuple(OutputMetrics(m.output, m.mse, m.mae, m.r2) for m in r.metrics),
+            metrics=tuple(
+                OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in r.metrics
+            ),
             epochs_run=int(r.epochs_run),
             elapsed_seconds=float(r.elapsed_seconds),
             rows=int(r.rows),
+            stop_reason=stop_reason_from_proto(r.stop_reason),
+            candidates=tuple(
+                ModelCandidate(
+                    tuple(int(h) for h in c.hidden_sizes),
+                    float(c.validation_loss),
+                    int(c.epochs_run),
+                    stop_reason_from_proto(c.stop_reason),
+                    bool(c.selected),
+                )
+                for c in r.candidates
+            ),
+            hidden_sizes=tuple(int(h) for h in r.hidden_sizes),
+            batch_size=int(r.batch_size),
         )
     return None
 

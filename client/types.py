@@ -31,6 +31,7 @@ __all__ = [
     "InvertMode",
     "InvertStatus",
     "InvertSummary",
+    "ModelCandidate",
     "ModelInfo",
     "ModelSource",
     "ModelVersion",
@@ -42,6 +43,7 @@ __all__ = [
     "TrainProgress",
     "TrainResult",
     "TrainWarning",
+    "TrainingReport",
 ]
 
 FloatArray: TypeAlias = npt.NDArray[np.float32]
@@ -379,6 +381,8 @@ class ModelInfo:
     source: ModelSource = ModelSource.UNSPECIFIED
     statistics: DataStatistics | None = None
     latest: bool = False
+    training: TrainingReport | None = None
+    """How Train fitted this version (``None`` for uploaded models and older servers)."""
 
     @property
     def ref(self) -> str:
@@ -400,6 +404,28 @@ class ModelInfo:
             "source": self.source.value,
             "schema": self.schema.to_dict(),
             "statistics": self.statistics.to_dict() if self.statistics else None,
+            "training": self.training.to_dict() if self.training else None,
+        }
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What Train reported when it registered a model: how the fit ended and how good it is."""
+
+    stop_reason: str
+    epochs_run: int
+    rows: int
+    hidden_sizes: tuple[int, ...]
+    batch_size: int
+    metrics: tuple[OutputMetrics, ...]
+    elapsed_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            **_fields(self),
+            "hidden_sizes": list(self.hidden_sizes),
+            "metrics": [_fields(m) for m in self.metrics],
         }
 
 
@@ -507,6 +533,9 @@ class TrainProgress:
     elapsed_seconds: float
     eta_seconds: float
     best_validation_loss: float
+    candidate: int = 0
+    candidates: int = 1
+    learning_rate: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict tagged ``"event": "progress"``."""
@@ -533,6 +562,19 @@ class OutputMetrics:
     mse: float
     mae: float
     r2: float
+    residual_std: float = 0.0
+    residual_p95: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelCandidate:
+    """One network a Train run tried, with its best validation loss (standardized MSE)."""
+
+    hidden_sizes: tuple[int, ...]
+    validation_loss: float
+    epochs_run: int
+    stop_reason: str
+    selected: bool
 
 
 @dataclass(frozen=True)
@@ -544,6 +586,11 @@ class TrainResult:
     epochs_run: int
     elapsed_seconds: float
     rows: int
+    stop_reason: str = "unspecified"
+    """``converged``, ``max_epochs``, ``time_budget`` or ``diverged`` (``unspecified`` from older servers)."""
+    candidates: tuple[ModelCandidate, ...] = ()
+    hidden_sizes: tuple[int, ...] = ()
+    batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict tagged ``"event": "result"``."""
@@ -554,6 +601,10 @@ class TrainResult:
             "epochs_run": self.epochs_run,
             "elapsed_seconds": self.elapsed_seconds,
             "rows": self.rows,
+            "stop_reason": self.stop_reason,
+            "hidden_sizes": list(self.hidden_sizes),
+            "batch_size": self.batch_size,
+            "candidates": [{**_fields(c), "hidden_sizes": list(c.hidden_sizes)} for c in self.candidates],
             "schema": self.model.schema.to_dict(),
         }
 

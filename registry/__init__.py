@@ -39,7 +39,7 @@ from preimage.registry.errors import (
     UnsupportedOperatorError,
     UnsupportedVersionError,
 )
-from preimage.registry.records import LoadedModel, ModelRecord, ModelSource
+from preimage.registry.records import LoadedModel, ModelRecord, ModelSource, TrainingReport, ValidationMetrics
 from preimage.registry.refs import ModelRef
 from preimage.registry.schema import (
     Column,
@@ -92,9 +92,11 @@ __all__ = [
     "TensorCountError",
     "TensorShapeError",
     "TensorTypeError",
+    "TrainingReport",
     "UnsupportedOperatorError",
     "UnsupportedVersionError",
     "Upload",
+    "ValidationMetrics",
 ]
 
 

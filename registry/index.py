@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from preimage.registry.errors import ModelNotFoundError, RegistryUnavailableError
 from preimage.registry.migrations import migrate
-from preimage.registry.records import ModelRecord, ModelSource
+from preimage.registry.records import ModelRecord, ModelSource, TrainingReport
 from preimage.registry.refs import ModelRef
 from preimage.registry.schema import DataStatistics, FeatureSchema
 
@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 
 _RECORD_SELECT = """
     SELECT m.name, m.version, m.sha256, m.size_bytes, m.created_at, m.input_width, m.output_width,
-           m.schema_json, m.statistics_json, m.source,
-           (SELECT {aggregate}(a.alias, ',') FROM aliases a WHERE a.name = m.name AND a.version = m.version),
+            m.schema_json, m.statistics_json, m.source, m.training_json,
+            (SELECT {aggregate}(a.alias, ',') FROM aliases a WHERE a.name = m.name AND a.version = m.version),
            m.version = (SELECT MAX(l.version) FROM models l WHERE l.name = m.name)
     FROM models m"""
 _POOL_SIZE = 8
@@ -65,6 +65,7 @@ class NewModel:
     schema: FeatureSchema
     statistics: DataStatistics | None
     source: ModelSource
+    training: TrainingReport | None = None
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Index:
         )
         conn.execute(
             "INSERT INTO models (name, version, sha256, size_bytes, created_at, input_width, output_width, "
-            "schema_json, statistics_json, source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "schema_json, statistics_json, source, training_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 row.name,
                 version,
@@ -242,6 +243,7 @@ class Index:
                 row.schema.to_json(),
                 None if row.statistics is None else _json(row.statistics.to_dict()),
                 row.source.value,
+                None if row.training is None else _json(row.training.to_dict()),
             ),
         )
         return version
@@ -356,7 +358,7 @@ def _json(data: object) -> str:
 
 
 def _record(row: tuple[object, ...]) -> ModelRecord:
-    (name, version, sha256, size, created, d, m, schema_json, statistics_json, source, aliases, latest) = row
+    (name, version, sha256, size, created, d, m, schema_json, statistics_json, source, training, aliases, latest) = row
     return ModelRecord(
         name=str(name),
         version=int(version),  # type: ignore[call-overload]
@@ -370,4 +372,5 @@ def _record(row: tuple[object, ...]) -> ModelRecord:
         statistics=None if statistics_json is None else DataStatistics.from_dict(json.loads(str(statistics_json))),
         source=ModelSource(str(source)),
         latest=bool(latest),
+        training=None if training is None else TrainingReport.from_dict(json.loads(str(training))),
     )

@@ -87,6 +87,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "INSERT INTO generation (id, value) VALUES (1, 0)",
         ),
     ),
+    Migration(
+        3,
+        "the training report of models registered by Train",
+        ("ALTER TABLE models ADD COLUMN training_json TEXT",),
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 """The index version this release writes."""

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from preimage.registry.schema import DataStatistics, FeatureSchema
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LoadedModel", "ModelRecord", "ModelSource"]
+__all__ = ["LoadedModel", "ModelRecord", "ModelSource", "TrainingReport", "ValidationMetrics"]
 
 
 class ModelSource(str, Enum):
@@ -21,6 +22,48 @@ class ModelSource(str, Enum):
     UPLOAD = "upload"
     TRAIN = "train"
     WATCH = "watch"
+
+
+@dataclass(frozen=True)
+class ValidationMetrics:
+    """Validation metrics of one output of a trained model, in raw units."""
+
+    output: str
+    mse: float
+    mae: float
+    r2: float
+    residual_std: float
+    residual_p95: float
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """What Train reported when it registered a model (stored as JSON beside it)."""
+
+    stop_reason: str
+    epochs_run: int
+    rows: int
+    hidden_sizes: tuple[int, ...]
+    batch_size: int
+    metrics: tuple[ValidationMetrics, ...]
+    elapsed_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {**asdict(self), "hidden_sizes": list(self.hidden_sizes), "metrics": [asdict(m) for m in self.metrics]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingReport:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            stop_reason=str(data["stop_reason"]),
+            epochs_run=int(data["epochs_run"]),
+            rows=int(data["rows"]),
+            hidden_sizes=tuple(int(h) for h in data["hidden_sizes"]),
+            batch_size=int(data["batch_size"]),
+            metrics=tuple(ValidationMetrics(**m) for m in data["metrics"]),
+            elapsed_seconds=float(data["elapsed_seconds"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -40,6 +83,7 @@ class ModelRecord:
         statistics: Training-data statistics, when given.
         source: How the model got here.
         latest: Whether ``NAME`` alone resolves to this version.
+        training: How Train fitted it, for models Train registered.
     """
 
     name: str
@@ -54,6 +98,7 @@ class ModelRecord:
     statistics: DataStatistics | None
     source: ModelSource
     latest: bool
+    training: TrainingReport | None = None
 
     @property
     def ref(self) -> str:

@@ -42,7 +42,7 @@ from preimage.registry.errors import (
 )
 from preimage.registry.hooks import pause
 from preimage.registry.index import Index, NewModel, WatchedFile
-from preimage.registry.records import LoadedModel, ModelRecord, ModelSource
+from preimage.registry.records import LoadedModel, ModelRecord, ModelSource, TrainingReport
 from preimage.registry.refs import ModelRef, check_alias, check_name
 from preimage.registry.schema import DataStatistics, FeatureSchema
 from preimage.registry.upload import Upload
@@ -284,13 +284,17 @@ class Registry:
         source: ModelSource = ModelSource.UPLOAD,
         *,
         default_bounds: tuple[float, float] | None = None,
+        training: TrainingReport | None = None,
     ) -> ModelRecord:
-        """Register in-memory ONNX bytes; the same path as an upload (see :meth:`Upload.commit`)."""
+        """Register in-memory ONNX bytes; the same path as an upload (see :meth:`Upload.commit`).
+
+        ``training`` is Train's report, stored with the version and shown by ``preimage show``.
+        """
         with self.begin_upload(declared_size=len(data)) as upload:
             view = memoryview(data)
             for start in range(0, len(view), _WRITE_CHUNK):
                 upload.write(view[start : start + _WRITE_CHUNK])
-            return upload.commit(name, schema, statistics, source, default_bounds=default_bounds)
+            return upload.commit(name, schema, statistics, source, default_bounds=default_bounds, training=training)
 
     def _commit_upload(
         self,
@@ -303,6 +307,7 @@ class Registry:
         source: ModelSource,
         default_bounds: tuple[float, float] | None,
         watched: WatchedFile | None,
+        training: TrainingReport | None = None,
     ) -> ModelRecord:
         """Validate a complete, fsynced upload and store it (package-private: :class:`Upload` calls it)."""
         self._require_open()
@@ -325,6 +330,7 @@ class Registry:
             prepared.schema,
             prepared.statistics,
             source,
+            training,
         )
         staged = self._blobs.stage(temp)
         try:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from preimage.errors import InvalidArgumentError
 from preimage.registry.errors import ChecksumMismatchError, ModelTooLargeError, SizeMismatchError
-from preimage.registry.records import ModelRecord, ModelSource
+from preimage.registry.records import ModelRecord, ModelSource, TrainingReport
 from preimage.registry.schema import DataStatistics, FeatureSchema
 
 if TYPE_CHECKING:
@@ -113,6 +113,7 @@ class Upload:
         source: ModelSource = ModelSource.UPLOAD,
         *,
         default_bounds: tuple[float, float] | None = None,
+        training: TrainingReport | None = None,
     ) -> ModelRecord:
         """Validate the bytes and register them as the next version of ``name``.
 
@@ -125,6 +126,7 @@ class Upload:
             source: How the model got here.
             default_bounds: ``(lower, upper)`` given to every continuous or integer feature bound the
                 schema leaves missing.
+            training: Train's report, stored with the version.
 
         Returns:
             The new version's record.
@@ -133,7 +135,7 @@ class Upload:
             InvalidArgumentError: A bad name, schema, size or checksum, or a model refused
                 (an :class:`~preimage.registry.errors.InvalidModelError` naming the problem).
         """
-        return self._commit(name, schema, statistics, source, default_bounds, None)
+        return self._commit(name, schema, statistics, source, default_bounds, None, training)
 
     def _commit(
         self,
@@ -143,6 +145,7 @@ class Upload:
         source: ModelSource,
         default_bounds: tuple[float, float] | None,
         watched: WatchedFile | None,
+        training: TrainingReport | None = None,
     ) -> ModelRecord:
         with self._lock:
             self._require_open()
@@ -156,7 +159,7 @@ class Upload:
             if self._expected is not None and self._expected != sha256:
                 raise ChecksumMismatchError(self._expected, sha256)
             record = self._registry._commit_upload(
-                self.path, sha256, self._size, name, schema, statistics, source, default_bounds, watched
+                self.path, sha256, self._size, name, schema, statistics, source, default_bounds, watched, training
             )
         except BaseException:
             with self._lock:

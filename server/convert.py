@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict
 from datetime import timezone
 from typing import Any
 
@@ -16,6 +17,7 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from preimage.errors import InvalidArgumentError
+from preimage.registry.records import TrainingReport, ValidationMetrics
 from preimage.registry.schema import DataStatistics, FeatureKind, FeatureSchema, InputFeature, OutputFeature
 from preimage.server.engine.types import (
     BoundSpec,
@@ -27,6 +29,7 @@ from preimage.server.engine.types import (
     InvertSummary,
     PatternBatch,
     PriorKind,
+    StopReason,
     TargetSpec,
     TrainedModel,
     TrainProgress,
@@ -52,6 +55,7 @@ __all__ = [
     "train_config_to_spec",
     "train_event_to_proto",
     "train_result_to_proto",
+    "training_report",
 ]
 
 _KIND_FROM_PROTO = {
@@ -265,6 +269,19 @@ def model_info_to_proto(record: Any) -> registry_pb2.ModelInfo:
     )
     if record.statistics is not None:
         info.statistics.CopyFrom(statistics_to_proto(record.statistics))
+    training = getattr(record, "training", None)
+    if training is not None:
+        info.training.CopyFrom(
+            registry_pb2.TrainingReport(
+                stop_reason=training.stop_reason,
+                epochs_run=training.epochs_run,
+                rows=training.rows,
+                hidden_sizes=training.hidden_sizes,
+                batch_size=training.batch_size,
+                metrics=[registry_pb2.ValidationMetrics(**asdict(m)) for m in training.metrics],
+                elapsed_seconds=training.elapsed_seconds,
+            )
+        )
     return info
 
 
@@ -397,6 +414,11 @@ def invert_summary_to_proto(summary: InvertSummary, name: str, version: int) -> 
 def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: float) -> TrainSpec:
     """The engine's :class:`TrainSpec` from the first Train message; unset numbers take defaults."""
     defaults = TrainSpec(name=config.name, target_columns=tuple(config.target_columns))
+    if config.HasField("time_budget") and not (math.isfinite(config.time_budget) and config.time_budget > 0):
+        raise InvalidArgumentError(
+            f"config.time_budget: must be a positive number of seconds, got {config.time_budget}",
+            field="config.time_budget",
+        )
     if config.activation not in _ACTIVATIONS:
         raise InvalidArgumentError(
             f"config.activation: unknown activation {config.activation}", field="config.activation"
@@ -423,10 +445,10 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         target_columns=tuple(config.target_columns),
         feature_columns=tuple(config.feature_columns),
         categorical_columns=tuple(config.categorical_columns),
-        hidden_sizes=tuple(config.hidden_sizes) or defaults.hidden_sizes,
+        hidden_sizes=tuple(config.hidden_sizes) or None,
         activation=_ACTIVATIONS[config.activation],
         epochs=config.epochs or defaults.epochs,
-        batch_size=config.batch_size or defaults.batch_size,
+        batch_size=config.batch_size or None,
         learning_rate=config.learning_rate if config.HasField("learning_rate") else defaults.learning_rate,
         weight_decay=config.weight_decay if config.HasField("weight_decay") else defaults.weight_decay,
         validation_fraction=(
@@ -435,7 +457,7 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         patience=config.patience or defaults.patience,
         seed=config.seed if config.HasField("seed") else None,
         feature_overrides=tuple(overrides),
-        max_seconds=max_seconds,
+        max_seconds=min(config.time_budget, max_seconds) if config.HasField("time_budget") else max_seconds,
     )
 
 
@@ -470,7 +492,25 @@ def train_event_to_proto(event: TrainProgress | TrainWarning) -> inference_pb2.T
             elapsed_seconds=event.elapsed_seconds,
             eta_seconds=event.eta_seconds,
             best_validation_loss=event.best_validation_loss,
+            candidate=event.candidate,
+            candidates=event.candidates,
+            learning_rate=event.learning_rate,
         )
+    )
+
+
+def training_report(trained: TrainedModel) -> TrainingReport:
+    """What the registry stores of a Train run beside the model."""
+    return TrainingReport(
+        stop_reason=trained.stop_reason.value,
+        epochs_run=trained.epochs_run,
+        rows=trained.rows,
+        hidden_sizes=trained.hidden_sizes,
+        batch_size=trained.batch_size,
+        metrics=tuple(
+            ValidationMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in trained.metrics
+        ),
+        elapsed_seconds=trained.elapsed_seconds,
     )
 
 
@@ -480,10 +520,39 @@ def train_result_to_proto(trained: TrainedModel, record: Any) -> inference_pb2.T
         result=inference_pb2.TrainResult(
             model=model_info_to_proto(record),
             metrics=[
-                inference_pb2.OutputMetrics(output=m.output, mse=m.mse, mae=m.mae, r2=m.r2) for m in trained.metrics
+                inference_pb2.OutputMetrics(
+                    output=m.output,
+                    mse=m.mse,
+                    mae=m.mae,
+                    r2=m.r2,
+                    residual_std=m.residual_std,
+                    residual_p95=m.residual_p95,
+                )
+                for m in trained.metrics
             ],
             epochs_run=trained.epochs_run,
             elapsed_seconds=trained.elapsed_seconds,
             rows=trained.rows,
+            stop_reason=_STOP_REASONS[trained.stop_reason],
+            candidates=[
+                inference_pb2.ModelCandidate(
+                    hidden_sizes=c.hidden_sizes,
+                    validation_loss=c.validation_loss,
+                    epochs_run=c.epochs_run,
+                    stop_reason=_STOP_REASONS[c.stop_reason],
+                    selected=c.selected,
+                )
+                for c in trained.candidates
+            ],
+            hidden_sizes=trained.hidden_sizes,
+            batch_size=trained.batch_size,
         )
     )
+
+
+_STOP_REASONS = {
+    StopReason.CONVERGED: inference_pb2.STOP_REASON_CONVERGED,
+    StopReason.MAX_EPOCHS: inference_pb2.STOP_REASON_MAX_EPOCHS,
+    StopReason.TIME_BUDGET: inference_pb2.STOP_REASON_TIME_BUDGET,
+    StopReason.DIVERGED: inference_pb2.STOP_REASON_DIVERGED,
+}

@@ -30,6 +30,7 @@ from preimage.server.convert import (
     train_config_to_spec,
     train_event_to_proto,
     train_result_to_proto,
+    training_report,
 )
 from preimage.server.runtime import Runtime
 from preimage.v1 import inference_pb2, inference_pb2_grpc, tensor_pb2
@@ -177,6 +178,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                             schema=event.schema,
                             statistics=event.statistics,
                             source=ModelSource.TRAIN,
+                            training=training_report(event),
                         )
                         self.metrics.registered.labels("train").inc()
                         call.model_ref = f"{record.name}:{record.version}"

@@ -146,6 +146,38 @@ ACTIVATION_GELU: Activation.ValueType  # 4
 """Gaussian error linear unit."""
 Global___Activation: _TypeAlias = Activation  # noqa: Y015
 
+class _StopReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOP_REASON_UNSPECIFIED: _StopReason.ValueType  # 0
+    """Not reported (older servers)."""
+    STOP_REASON_CONVERGED: _StopReason.ValueType  # 1
+    """The validation loss stopped improving (early stopping)."""
+    STOP_REASON_MAX_EPOCHS: _StopReason.ValueType  # 2
+    """The epochs maximum was reached while the validation loss still improved."""
+    STOP_REASON_TIME_BUDGET: _StopReason.ValueType  # 3
+    """The time budget ran out."""
+    STOP_REASON_DIVERGED: _StopReason.ValueType  # 4
+    """The validation loss became NaN or infinite; the best finite epoch was kept."""
+
+class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper):
+    """Why training ended."""
+
+STOP_REASON_UNSPECIFIED: StopReason.ValueType  # 0
+"""Not reported (older servers)."""
+STOP_REASON_CONVERGED: StopReason.ValueType  # 1
+"""The validation loss stopped improving (early stopping)."""
+STOP_REASON_MAX_EPOCHS: StopReason.ValueType  # 2
+"""The epochs maximum was reached while the validation loss still improved."""
+STOP_REASON_TIME_BUDGET: StopReason.ValueType  # 3
+"""The time budget ran out."""
+STOP_REASON_DIVERGED: StopReason.ValueType  # 4
+"""The validation loss became NaN or infinite; the best finite epoch was kept."""
+Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
+
 @_typing.final
 class PredictRequest(_message.Message):
     """Request for Predict."""
@@ -635,16 +667,19 @@ class TrainConfig(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     FEATURE_OVERRIDES_FIELD_NUMBER: _builtins.int
     TOTAL_ROWS_FIELD_NUMBER: _builtins.int
+    TIME_BUDGET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to register the model under."""
     activation: Global___Activation.ValueType
     """Activation of hidden layers."""
     epochs: _builtins.int
-    """Maximum epochs; default 200."""
+    """Maximum epochs; default 1000. Training normally stops earlier, when the
+    validation loss has stopped improving for `patience` epochs.
+    """
     batch_size: _builtins.int
-    """Mini-batch size; default 256."""
+    """Mini-batch size; default scaled to the table (about 64 steps per epoch, 32..4096)."""
     learning_rate: _builtins.float
-    """Adam learning rate; default 1e-3."""
+    """Initial AdamW learning rate (after a linear warm-up; halved on plateaus); default 2e-3."""
     weight_decay: _builtins.float
     """AdamW weight decay; default 0."""
     validation_fraction: _builtins.float
@@ -655,6 +690,10 @@ class TrainConfig(_message.Message):
     """Seed for the split, initialization and shuffling."""
     total_rows: _builtins.int
     """Total rows the client will send, when known (for progress only)."""
+    time_budget: _builtins.float
+    """Wall-clock budget of the training in seconds; unset means the server's cap.
+    When it runs out the best weights so far are registered (stop reason TIME_BUDGET).
+    """
     @_builtins.property
     def feature_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Feature columns in model order; empty means every column that is not a target."""
@@ -669,7 +708,9 @@ class TrainConfig(_message.Message):
 
     @_builtins.property
     def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Hidden layer sizes; default 64, 64."""
+        """Hidden layer sizes; empty means a small search (32x32, 64x64, 128x128x128)
+        that keeps the network with the lowest validation loss.
+        """
 
     @_builtins.property
     def feature_overrides(self) -> _containers.RepeatedCompositeFieldContainer[_schema_pb2.InputFeature]:
@@ -693,15 +734,18 @@ class TrainConfig(_message.Message):
         seed: _builtins.int | None = ...,
         feature_overrides: _abc.Iterable[_schema_pb2.InputFeature] | None = ...,
         total_rows: _builtins.int = ...,
+        time_budget: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "learning_rate", b"learning_rate", "seed", b"seed", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_time_budget", b"_time_budget", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "learning_rate", b"learning_rate", "seed", b"seed", "time_budget", b"time_budget", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "activation", b"activation", "batch_size", b"batch_size", "categorical_columns", b"categorical_columns", "epochs", b"epochs", "feature_columns", b"feature_columns", "feature_overrides", b"feature_overrides", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "name", b"name", "patience", b"patience", "seed", b"seed", "target_columns", b"target_columns", "total_rows", b"total_rows", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_time_budget", b"_time_budget", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "activation", b"activation", "batch_size", b"batch_size", "categorical_columns", b"categorical_columns", "epochs", b"epochs", "feature_columns", b"feature_columns", "feature_overrides", b"feature_overrides", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "name", b"name", "patience", b"patience", "seed", b"seed", "target_columns", b"target_columns", "time_budget", b"time_budget", "total_rows", b"total_rows", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
     _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    _WhichOneofReturnType__time_budget: _TypeAlias = _typing.Literal["time_budget"]  # noqa: Y015
+    _WhichOneofArgType__time_budget: _TypeAlias = _typing.Literal["_time_budget", b"_time_budget"]  # noqa: Y015
     _WhichOneofReturnType__validation_fraction: _TypeAlias = _typing.Literal["validation_fraction"]  # noqa: Y015
     _WhichOneofArgType__validation_fraction: _TypeAlias = _typing.Literal["_validation_fraction", b"_validation_fraction"]  # noqa: Y015
     _WhichOneofReturnType__weight_decay: _TypeAlias = _typing.Literal["weight_decay"]  # noqa: Y015
@@ -710,6 +754,8 @@ class TrainConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__learning_rate) -> _WhichOneofReturnType__learning_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_budget) -> _WhichOneofReturnType__time_budget | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__validation_fraction) -> _WhichOneofReturnType__validation_fraction | None: ...
     @_typing.overload
@@ -820,6 +866,9 @@ class TrainProgress(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
     ETA_SECONDS_FIELD_NUMBER: _builtins.int
     BEST_VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    LEARNING_RATE_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     """Epochs done so far."""
     epochs: _builtins.int
@@ -833,7 +882,13 @@ class TrainProgress(_message.Message):
     eta_seconds: _builtins.float
     """Estimated seconds left (upper bound: early stopping may end sooner)."""
     best_validation_loss: _builtins.float
-    """Best validation loss so far."""
+    """Best validation loss so far (of this candidate network)."""
+    candidate: _builtins.int
+    """Which network of the search this epoch belongs to (0-based); epochs count per candidate."""
+    candidates: _builtins.int
+    """Networks in the search (1 when hidden_sizes was given)."""
+    learning_rate: _builtins.float
+    """Learning rate of the epoch's last step."""
     def __init__(
         self,
         *,
@@ -844,10 +899,13 @@ class TrainProgress(_message.Message):
         elapsed_seconds: _builtins.float = ...,
         eta_seconds: _builtins.float = ...,
         best_validation_loss: _builtins.float = ...,
+        candidate: _builtins.int = ...,
+        candidates: _builtins.int = ...,
+        learning_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_validation_loss", b"best_validation_loss", "elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "epochs", b"epochs", "eta_seconds", b"eta_seconds", "train_loss", b"train_loss", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_validation_loss", b"best_validation_loss", "candidate", b"candidate", "candidates", b"candidates", "elapsed_seconds", b"elapsed_seconds", "epoch", b"epoch", "epochs", b"epochs", "eta_seconds", b"eta_seconds", "learning_rate", b"learning_rate", "train_loss", b"train_loss", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -863,6 +921,8 @@ class OutputMetrics(_message.Message):
     MSE_FIELD_NUMBER: _builtins.int
     MAE_FIELD_NUMBER: _builtins.int
     R2_FIELD_NUMBER: _builtins.int
+    RESIDUAL_STD_FIELD_NUMBER: _builtins.int
+    RESIDUAL_P95_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """Output name."""
     mse: _builtins.float
@@ -871,6 +931,10 @@ class OutputMetrics(_message.Message):
     """Mean absolute error."""
     r2: _builtins.float
     """Coefficient of determination."""
+    residual_std: _builtins.float
+    """Standard deviation of prediction - target."""
+    residual_p95: _builtins.float
+    """95th percentile of |prediction - target|."""
     def __init__(
         self,
         *,
@@ -878,14 +942,56 @@ class OutputMetrics(_message.Message):
         mse: _builtins.float = ...,
         mae: _builtins.float = ...,
         r2: _builtins.float = ...,
+        residual_std: _builtins.float = ...,
+        residual_p95: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OutputMetrics: _TypeAlias = OutputMetrics  # noqa: Y015
+
+@_typing.final
+class ModelCandidate(_message.Message):
+    """One network tried by Train."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIDDEN_SIZES_FIELD_NUMBER: _builtins.int
+    VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
+    EPOCHS_RUN_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    SELECTED_FIELD_NUMBER: _builtins.int
+    validation_loss: _builtins.float
+    """Best validation loss (standardized MSE)."""
+    epochs_run: _builtins.int
+    """Epochs run."""
+    stop_reason: Global___StopReason.ValueType
+    """Why its training ended."""
+    selected: _builtins.bool
+    """Whether this network was registered."""
+    @_builtins.property
+    def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Hidden layer sizes."""
+
+    def __init__(
+        self,
+        *,
+        hidden_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        validation_loss: _builtins.float = ...,
+        epochs_run: _builtins.int = ...,
+        stop_reason: Global___StopReason.ValueType = ...,
+        selected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "selected", b"selected", "stop_reason", b"stop_reason", "validation_loss", b"validation_loss"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelCandidate: _TypeAlias = ModelCandidate  # noqa: Y015
 
 @_typing.final
 class TrainWarning(_message.Message):
@@ -924,12 +1030,20 @@ class TrainResult(_message.Message):
     EPOCHS_RUN_FIELD_NUMBER: _builtins.int
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
     ROWS_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZES_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
     epochs_run: _builtins.int
     """Epochs actually run."""
     elapsed_seconds: _builtins.float
     """Seconds spent training."""
     rows: _builtins.int
     """Rows used for training and validation."""
+    stop_reason: Global___StopReason.ValueType
+    """Why training of the registered network ended."""
+    batch_size: _builtins.int
+    """Mini-batch size used."""
     @_builtins.property
     def model(self) -> _registry_pb2.ModelInfo:
         """The registered model."""
@@ -937,6 +1051,14 @@ class TrainResult(_message.Message):
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputMetrics]:
         """Validation metrics per output."""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelCandidate]:
+        """Every network tried, in order, with its validation loss."""
+
+    @_builtins.property
+    def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Hidden layer sizes of the registered network."""
 
     def __init__(
         self,
@@ -946,10 +1068,14 @@ class TrainResult(_message.Message):
         epochs_run: _builtins.int = ...,
         elapsed_seconds: _builtins.float = ...,
         rows: _builtins.int = ...,
+        stop_reason: Global___StopReason.ValueType = ...,
+        candidates: _abc.Iterable[Global___ModelCandidate] | None = ...,
+        hidden_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        batch_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elapsed_seconds", b"elapsed_seconds", "epochs_run", b"epochs_run", "metrics", b"metrics", "model", b"model", "rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "candidates", b"candidates", "elapsed_seconds", b"elapsed_seconds", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "model", b"model", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,6 +67,7 @@ class ModelInfo(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     STATISTICS_FIELD_NUMBER: _builtins.int
     LATEST_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Model name."""
     version: _builtins.int
@@ -99,6 +100,10 @@ class ModelInfo(_message.Message):
     def statistics(self) -> _schema_pb2.DataStatistics:
         """Training-data statistics, when the model has them."""
 
+    @_builtins.property
+    def training(self) -> Global___TrainingReport:
+        """How Train fitted this version (only for models Train registered)."""
+
     def __init__(
         self,
         *,
@@ -114,16 +119,114 @@ class ModelInfo(_message.Message):
         source: Global___ModelSource.ValueType = ...,
         statistics: _schema_pb2.DataStatistics | None = ...,
         latest: _builtins.bool = ...,
+        training: Global___TrainingReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_statistics", b"_statistics", "create_time", b"create_time", "schema", b"schema", "statistics", b"statistics"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_statistics", b"_statistics", "_training", b"_training", "create_time", b"create_time", "schema", b"schema", "statistics", b"statistics", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_statistics", b"_statistics", "aliases", b"aliases", "create_time", b"create_time", "input_width", b"input_width", "latest", b"latest", "name", b"name", "output_width", b"output_width", "schema", b"schema", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source", "statistics", b"statistics", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_statistics", b"_statistics", "_training", b"_training", "aliases", b"aliases", "create_time", b"create_time", "input_width", b"input_width", "latest", b"latest", "name", b"name", "output_width", b"output_width", "schema", b"schema", "sha256", b"sha256", "size_bytes", b"size_bytes", "source", b"source", "statistics", b"statistics", "training", b"training", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__statistics: _TypeAlias = _typing.Literal["statistics"]  # noqa: Y015
     _WhichOneofArgType__statistics: _TypeAlias = _typing.Literal["_statistics", b"_statistics"]  # noqa: Y015
+    _WhichOneofReturnType__training: _TypeAlias = _typing.Literal["training"]  # noqa: Y015
+    _WhichOneofArgType__training: _TypeAlias = _typing.Literal["_training", b"_training"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__statistics) -> _WhichOneofReturnType__statistics | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__training) -> _WhichOneofReturnType__training | None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class TrainingReport(_message.Message):
+    """What Train reported when it registered a model, stored with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    EPOCHS_RUN_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZES_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    METRICS_FIELD_NUMBER: _builtins.int
+    ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    stop_reason: _builtins.str
+    """Why training ended: "converged", "max_epochs", "time_budget" or "diverged"."""
+    epochs_run: _builtins.int
+    """Epochs run by the registered network."""
+    rows: _builtins.int
+    """Rows of the training table (training and validation)."""
+    batch_size: _builtins.int
+    """Mini-batch size used."""
+    elapsed_seconds: _builtins.float
+    """Seconds Train spent."""
+    @_builtins.property
+    def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Hidden layer sizes of the registered network."""
+
+    @_builtins.property
+    def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___ValidationMetrics]:
+        """Validation metrics per output, in raw units."""
+
+    def __init__(
+        self,
+        *,
+        stop_reason: _builtins.str = ...,
+        epochs_run: _builtins.int = ...,
+        rows: _builtins.int = ...,
+        hidden_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        batch_size: _builtins.int = ...,
+        metrics: _abc.Iterable[Global___ValidationMetrics] | None = ...,
+        elapsed_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "elapsed_seconds", b"elapsed_seconds", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrainingReport: _TypeAlias = TrainingReport  # noqa: Y015
+
+@_typing.final
+class ValidationMetrics(_message.Message):
+    """Validation metrics of one output of a trained model, in raw units."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    MSE_FIELD_NUMBER: _builtins.int
+    MAE_FIELD_NUMBER: _builtins.int
+    R2_FIELD_NUMBER: _builtins.int
+    RESIDUAL_STD_FIELD_NUMBER: _builtins.int
+    RESIDUAL_P95_FIELD_NUMBER: _builtins.int
+    output: _builtins.str
+    """Output name."""
+    mse: _builtins.float
+    """Mean squared error."""
+    mae: _builtins.float
+    """Mean absolute error."""
+    r2: _builtins.float
+    """Coefficient of determination."""
+    residual_std: _builtins.float
+    """Standard deviation of prediction - target."""
+    residual_p95: _builtins.float
+    """95th percentile of |prediction - target|."""
+    def __init__(
+        self,
+        *,
+        output: _builtins.str = ...,
+        mse: _builtins.float = ...,
+        mae: _builtins.float = ...,
+        r2: _builtins.float = ...,
+        residual_std: _builtins.float = ...,
+        residual_p95: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ValidationMetrics: _TypeAlias = ValidationMetrics  # noqa: Y015
 
 @_typing.final
 class RegisterModelHeader(_message.Message):

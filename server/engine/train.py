@@ -28,7 +28,8 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,13 +39,23 @@ from torch import nn
 from preimage.errors import CancelledError, DeadlineExceededError, InvalidArgumentError
 from preimage.server.engine.data import Table, data_statistics, encode, infer_schema
 from preimage.server.engine.export import export_onnx
-from preimage.server.engine.types import OutputMetrics, TrainedModel, TrainProgress, TrainSpec, TrainWarning
+from preimage.server.engine.types import (
+    ModelCandidate,
+    OutputMetrics,
+    StopReason,
+    TrainedModel,
+    TrainProgress,
+    TrainSpec,
+    TrainWarning,
+)
 
 __all__ = [
     "ACTIVATIONS",
+    "SEARCH_CANDIDATES",
     "Rescale",
     "Standardize",
     "TrainingDivergedError",
+    "auto_batch_size",
     "build_mlp",
     "split_indices",
     "train",
@@ -58,6 +69,15 @@ MAX_WIDTH = 65536
 MAX_LAYERS = 64
 _EVAL_ROWS = 65536  # rows per forward pass when evaluating, to bound activation memory
 _EXAMPLE_ROWS = 64  # rows used to trace and check the export
+_STEPS_PER_EPOCH = 64  # what the automatic batch size aims at
+_MIN_AUTO_BATCH, _MAX_AUTO_BATCH = 32, 4096
+_WARMUP_STEPS = 100  # linear warm-up of the learning rate, at most a tenth of the allowed steps
+_LR_FACTOR = 0.5  # learning-rate cut on a plateau of patience // 4 epochs
+_MIN_LR_FACTOR = 1e-3  # the learning rate never drops below this share of the initial one
+_IMPROVEMENT = 1e-3  # relative drop of the validation loss that counts as an improvement
+
+SEARCH_CANDIDATES: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128, 128))
+"""Hidden layer sizes tried when ``hidden_sizes`` is not given, smallest first."""
 
 
 class TrainingDivergedError(InvalidArgumentError):
@@ -138,22 +158,34 @@ def split_indices(rows: int, validation_fraction: float, seed: int) -> tuple[np.
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def auto_batch_size(train_rows: int) -> int:
+    """The mini-batch size used when none is given: about 64 steps per epoch.
+
+    ``train_rows / 64`` rounded to a power of two and clamped to 32..4096: a small
+    table gets small batches (many steps per epoch, which small tables need to fit),
+    a large one big batches (fewer, cheaper-per-row steps).
+    """
+    target = max(train_rows / _STEPS_PER_EPOCH, 1.0)
+    return int(min(max(2 ** round(math.log2(target)), _MIN_AUTO_BATCH), _MAX_AUTO_BATCH))
+
+
 def validate_train_spec(spec: TrainSpec) -> None:
     """Check the training options, raising :class:`InvalidArgumentError` naming the field."""
 
     def bad(field: str, message: str) -> InvalidArgumentError:
         return InvalidArgumentError(f"{field}: {message}", field=field)
 
-    if len(spec.hidden_sizes) > MAX_LAYERS:
-        raise bad("hidden_sizes", f"at most {MAX_LAYERS} hidden layers, got {len(spec.hidden_sizes)}")
-    for size in spec.hidden_sizes:
-        if not 1 <= size <= MAX_WIDTH:
-            raise bad("hidden_sizes", f"layer sizes must be between 1 and {MAX_WIDTH}, got {size}")
+    if spec.hidden_sizes is not None:
+        if len(spec.hidden_sizes) > MAX_LAYERS:
+            raise bad("hidden_sizes", f"at most {MAX_LAYERS} hidden layers, got {len(spec.hidden_sizes)}")
+        for size in spec.hidden_sizes:
+            if not 1 <= size <= MAX_WIDTH:
+                raise bad("hidden_sizes", f"layer sizes must be between 1 and {MAX_WIDTH}, got {size}")
     if spec.activation.lower() not in ACTIVATIONS:
         raise bad("activation", f"{spec.activation!r} is not one of {sorted(ACTIVATIONS)}")
     if spec.epochs < 1:
         raise bad("epochs", f"must be at least 1, got {spec.epochs}")
-    if spec.batch_size < 1:
+    if spec.batch_size is not None and spec.batch_size < 1:
         raise bad("batch_size", f"must be at least 1, got {spec.batch_size}")
     if not (math.isfinite(spec.learning_rate) and spec.learning_rate > 0):
         raise bad("learning_rate", f"must be a positive number, got {spec.learning_rate}")
@@ -172,7 +204,16 @@ def validate_train_spec(spec: TrainSpec) -> None:
 def train(
     table: Table, spec: TrainSpec, *, stop: threading.Event | None = None
 ) -> Iterator[TrainWarning | TrainProgress | TrainedModel]:
-    """Fit an MLP to ``table`` and export it, yielding events as it goes.
+    """Fit an MLP to ``table`` until the validation loss stops improving, and export it.
+
+    Each network is fitted with AdamW, a linear warm-up and a learning rate halved
+    whenever the validation loss has not improved for ``patience // 4`` epochs; it
+    stops after ``patience`` epochs without improvement (``StopReason.CONVERGED``), at
+    ``spec.epochs`` (``MAX_EPOCHS``), when the budget runs out (``TIME_BUDGET``) or on
+    a non-finite loss (``DIVERGED``), and keeps the weights of its best epoch. With
+    ``spec.hidden_sizes=None`` every network of :data:`SEARCH_CANDIDATES` is fitted on
+    the same split (each with an equal share of what is left of the budget) and the
+    one with the lowest validation loss is exported.
 
     Args:
         table: A finished table (``TableBuilder(spec).finish()``).
@@ -217,14 +258,113 @@ def train(
     y_mean, y_scale = _mean_scale(Y[train_rows])
     standardize = Standardize(torch.from_numpy(x_mean), torch.from_numpy(x_scale))
     rescale = Rescale(torch.from_numpy(y_mean), torch.from_numpy(y_scale))
-    X_train, Y_train = _standardized(X, Y, train_rows, standardize, rescale)
-    X_val, Y_val = _standardized(X, Y, val_rows, standardize, rescale)
-    core = build_mlp(X.shape[1], Y.shape[1], spec.hidden_sizes, spec.activation.lower(), generator)
-    optimizer = torch.optim.AdamW(core.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    data = _Data(
+        *_standardized(X, Y, train_rows, standardize, rescale), *_standardized(X, Y, val_rows, standardize, rescale)
+    )
+    batch = spec.batch_size or auto_batch_size(len(train_rows))
+    networks = SEARCH_CANDIDATES if spec.hidden_sizes is None else (tuple(spec.hidden_sizes),)
 
-    n_train, batch = len(train_rows), spec.batch_size
-    best_loss, best_state, stale, epochs_run = math.inf, _snapshot(core), 0, 0
-    training_started = time.monotonic()
+    fits: list[_Fit] = []
+    for index, hidden in enumerate(networks):
+        # Each candidate gets an equal share of the budget that is left.
+        share = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (len(networks) - index)
+        core = build_mlp(X.shape[1], Y.shape[1], hidden, spec.activation.lower(), generator)
+        fit = yield from _fit(core, data, spec, batch, generator, stop, started, share, index, len(networks))
+        if fit is None:  # out of time before this candidate's first mini-batch
+            if not fits:
+                raise DeadlineExceededError(
+                    f"the time budget of {spec.max_seconds:g} s ran out before the first mini-batch"
+                )
+            break
+        fits.append(fit)
+    best = min(fits, key=lambda f: f.best_loss)
+    for fit in fits:
+        if fit.stop_reason is StopReason.DIVERGED:
+            warning = TrainWarning(
+                f"training {_net(fit.hidden_sizes)} diverged in epoch {fit.epochs_run}; it keeps its best "
+                f"weights so far; a lower learning_rate (was {spec.learning_rate:g}) may train further"
+            )
+            warnings.append(warning)
+            yield warning
+    if any(f.stop_reason is StopReason.TIME_BUDGET for f in fits) or len(fits) < len(networks):
+        warning = TrainWarning(
+            f"the time budget of {spec.max_seconds:g} s ran out after {sum(f.epochs_run for f in fits)} epochs "
+            f"({len(fits)} of {len(networks)} networks tried); the model keeps the best weights so far"
+        )
+        warnings.append(warning)
+        yield warning
+
+    core = best.core
+    model = nn.Sequential(standardize, core, rescale).eval()
+    metrics = _metrics(model, X[val_rows], Y[val_rows], table.targets)
+    _check_stop(stop, best.epochs_run)
+    onnx_bytes = export_onnx(model, schema, X[val_rows[:_EXAMPLE_ROWS]])
+    _check_stop(stop, best.epochs_run)
+    yield TrainedModel(
+        onnx_bytes=onnx_bytes,
+        schema=schema,
+        statistics=statistics,
+        metrics=metrics,
+        epochs_run=best.epochs_run,
+        elapsed_seconds=time.monotonic() - started,
+        rows=table.rows,
+        warnings=tuple(warnings),
+        stop_reason=best.stop_reason,
+        hidden_sizes=best.hidden_sizes,
+        batch_size=batch,
+        candidates=tuple(
+            ModelCandidate(f.hidden_sizes, f.best_loss, f.epochs_run, f.stop_reason, selected=f is best) for f in fits
+        ),
+    )
+
+
+@dataclass
+class _Data:
+    """Standardized training and validation tensors."""
+
+    X_train: torch.Tensor
+    Y_train: torch.Tensor
+    X_val: torch.Tensor
+    Y_val: torch.Tensor
+
+
+@dataclass
+class _Fit:
+    """One fitted network: its best weights loaded, and how its fitting ended."""
+
+    core: nn.Sequential
+    hidden_sizes: tuple[int, ...]
+    best_loss: float
+    epochs_run: int
+    stop_reason: StopReason
+
+
+def _fit(
+    core: nn.Sequential,
+    data: _Data,
+    spec: TrainSpec,
+    batch: int,
+    generator: torch.Generator,
+    stop: threading.Event | None,
+    started: float,
+    deadline: float | None,
+    candidate: int,
+    candidates: int,
+) -> Generator[TrainProgress, None, _Fit | None]:
+    """Fit ``core`` (yielding one progress event per epoch); ``None`` if no mini-batch ran before ``deadline``."""
+    hidden = tuple(m.out_features for m in core if isinstance(m, nn.Linear))[:-1]
+    optimizer = torch.optim.AdamW(core.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    n_train = data.X_train.shape[0]
+    steps_per_epoch = math.ceil(n_train / batch)
+    # Warm-up sized to the run that can happen: never more than a tenth of the steps allowed.
+    warmup = min(_WARMUP_STEPS, spec.epochs * steps_per_epoch // 10)
+    plateau_epochs = max(spec.patience // 4, 1)
+    min_lr = spec.learning_rate * _MIN_LR_FACTOR
+    lr = spec.learning_rate
+    best_loss, best_state, plateau_best = math.inf, _snapshot(core), math.inf
+    plateau, epochs_run, step = 0, 0, 0
+    stop_reason = StopReason.MAX_EPOCHS
+    fit_started = time.monotonic()
     for epoch in range(1, spec.epochs + 1):
         core.train()
         order = torch.randperm(n_train, generator=generator)
@@ -234,76 +374,67 @@ def train(
             if deadline is not None and time.monotonic() >= deadline:
                 out_of_time = True
                 break
+            step += 1
+            rate = lr * min(1.0, step / warmup) if warmup else lr
+            for group in optimizer.param_groups:
+                group["lr"] = rate
             index = order[start : start + batch]
-            loss = F.mse_loss(core(X_train.index_select(0, index)), Y_train.index_select(0, index))
+            loss = F.mse_loss(core(data.X_train.index_select(0, index)), data.Y_train.index_select(0, index))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
-        diverged = False
-        if seen:
-            epochs_run = epoch
-            val_loss = _mse(core, X_val, Y_val)
-            diverged = not math.isfinite(val_loss)
-            if diverged and best_loss == math.inf:
-                raise TrainingDivergedError(epoch, val_loss, spec.learning_rate)
-            if val_loss < best_loss:
-                best_loss, best_state, stale = val_loss, _snapshot(core), 0
-            else:
-                stale += 1
-            now = time.monotonic()
-            eta = (now - training_started) / epoch * (spec.epochs - epoch)
-            if deadline is not None:
-                eta = min(eta, max(deadline - now, 0.0))
-            yield TrainProgress(
-                epoch=epoch,
-                epochs=spec.epochs,
-                train_loss=total / seen,
-                validation_loss=val_loss,
-                best_validation_loss=best_loss,
-                elapsed_seconds=now - started,
-                eta_seconds=0.0 if out_of_time or diverged or stale >= spec.patience else eta,
-            )
-        if diverged:
-            warning = TrainWarning(
-                f"training diverged in epoch {epoch} (validation loss {val_loss}); the model keeps the best "
-                f"weights so far; a lower learning_rate (was {spec.learning_rate:g}) may train further"
-            )
-            warnings.append(warning)
-            yield warning
-            break
-        if out_of_time:
+        if not seen:
             if epochs_run == 0:
-                raise DeadlineExceededError(
-                    f"the time budget of {spec.max_seconds:g} s ran out before the first mini-batch"
-                )
-            warning = TrainWarning(
-                f"the time budget of {spec.max_seconds:g} s ran out in epoch {epoch}; "
-                "the model keeps the best weights so far"
-            )
-            warnings.append(warning)
-            yield warning
+                return None
+            stop_reason = StopReason.TIME_BUDGET
             break
-        if stale >= spec.patience:
+        epochs_run = epoch
+        val_loss = _mse(core, data.X_val, data.Y_val)
+        if not math.isfinite(val_loss):
+            if best_loss == math.inf:
+                raise TrainingDivergedError(epoch, val_loss, spec.learning_rate)
+            stop_reason = StopReason.DIVERGED
+        else:
+            if val_loss < best_loss:
+                best_loss, best_state = val_loss, _snapshot(core)
+            # Only a real improvement (not a rounding-level one) resets the plateau count.
+            if val_loss < plateau_best * (1 - _IMPROVEMENT):
+                plateau_best, plateau = val_loss, 0
+            else:
+                plateau += 1
+                if plateau % plateau_epochs == 0:
+                    lr = max(lr * _LR_FACTOR, min_lr)
+            if out_of_time:
+                stop_reason = StopReason.TIME_BUDGET
+            elif plateau >= spec.patience:
+                stop_reason = StopReason.CONVERGED
+        done = stop_reason is not StopReason.MAX_EPOCHS or epoch == spec.epochs
+        now = time.monotonic()
+        eta = (now - fit_started) / epoch * (spec.epochs - epoch)
+        if deadline is not None:
+            eta = min(eta, max(deadline - now, 0.0))
+        yield TrainProgress(
+            epoch=epoch,
+            epochs=spec.epochs,
+            train_loss=total / seen,
+            validation_loss=val_loss,
+            best_validation_loss=best_loss,
+            elapsed_seconds=now - started,
+            eta_seconds=0.0 if done else eta,
+            candidate=candidate,
+            candidates=candidates,
+            learning_rate=rate,
+        )
+        if done:
             break
-
     core.load_state_dict(best_state)
-    model = nn.Sequential(standardize, core, rescale).eval()
-    metrics = _metrics(model, X[val_rows], Y[val_rows], table.targets)
-    _check_stop(stop, epochs_run)
-    onnx_bytes = export_onnx(model, schema, X[val_rows[:_EXAMPLE_ROWS]])
-    _check_stop(stop, epochs_run)
-    yield TrainedModel(
-        onnx_bytes=onnx_bytes,
-        schema=schema,
-        statistics=statistics,
-        metrics=metrics,
-        epochs_run=epochs_run,
-        elapsed_seconds=time.monotonic() - started,
-        rows=table.rows,
-        warnings=tuple(warnings),
-    )
+    return _Fit(core, hidden, best_loss, epochs_run, stop_reason)
+
+
+def _net(hidden: Sequence[int]) -> str:
+    return "the network " + ("x".join(map(str, hidden)) if hidden else "(linear)")
 
 
 def _check_stop(stop: threading.Event | None, epochs: int) -> None:
@@ -344,7 +475,7 @@ def _mse(module: nn.Module, X: torch.Tensor, Y: torch.Tensor) -> float:
 
 
 def _metrics(model: nn.Module, X: np.ndarray, Y: np.ndarray, names: Sequence[str]) -> tuple[OutputMetrics, ...]:
-    """MSE, MAE and R² per output in raw units.
+    """MSE, MAE, R² and the residuals' standard deviation and 95th percentile of size, per output, in raw units.
 
     R² is ``1 - SSE/SST``; when the outputs' validation values are all equal (SST = 0)
     it is 1 for a perfect fit and 0 otherwise.
@@ -359,5 +490,14 @@ def _metrics(model: nn.Module, X: np.ndarray, Y: np.ndarray, names: Sequence[str
         sse = float(np.sum(error[:, j] ** 2))
         sst = float(np.sum((Y[:, j] - Y[:, j].mean()) ** 2))
         r2 = 1.0 - sse / sst if sst > 0 else (1.0 if sse == 0 else 0.0)
-        metrics.append(OutputMetrics(output=name, mse=sse / len(Y), mae=float(np.mean(np.abs(error[:, j]))), r2=r2))
+        metrics.append(
+            OutputMetrics(
+                output=name,
+                mse=sse / len(Y),
+                mae=float(np.mean(np.abs(error[:, j]))),
+                r2=r2,
+                residual_std=float(np.std(error[:, j])),
+                residual_p95=float(np.quantile(np.abs(error[:, j]), 0.95)),
+            )
+        )
     return tuple(metrics)

@@ -24,9 +24,11 @@ __all__ = [
     "InvertSpec",
     "InvertStatus",
     "InvertSummary",
+    "ModelCandidate",
     "OutputMetrics",
     "PatternBatch",
     "PriorKind",
+    "StopReason",
     "TargetSpec",
     "TrainProgress",
     "TrainSpec",
@@ -47,6 +49,19 @@ class PriorKind(str, Enum):
 
     UNIFORM = "uniform"
     DATA = "data"
+
+
+class StopReason(str, Enum):
+    """Why a Train run's fitting ended."""
+
+    CONVERGED = "converged"
+    """The validation loss stopped improving (early stopping after ``patience`` epochs)."""
+    MAX_EPOCHS = "max_epochs"
+    """The ``epochs`` maximum was reached while the validation loss was still improving."""
+    TIME_BUDGET = "time_budget"
+    """The wall-clock budget ran out."""
+    DIVERGED = "diverged"
+    """The validation loss became NaN or infinite after some finite epochs."""
 
 
 class InvertStatus(str, Enum):
@@ -204,17 +219,25 @@ class FeatureOverride:
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
-    """Options of one Train run (defaults match the proto's documented defaults)."""
+    """Options of one Train run (defaults match the proto's documented defaults).
+
+    ``hidden_sizes=None`` searches :data:`preimage.server.engine.train.SEARCH_CANDIDATES`
+    and keeps the network with the lowest validation loss; ``batch_size=None`` scales
+    the mini-batch to the table (see :func:`preimage.server.engine.train.auto_batch_size`).
+    ``epochs`` is a maximum: training normally ends earlier, when the validation loss
+    has stopped improving for ``patience`` epochs. ``max_seconds`` is the wall-clock
+    budget of the whole run (every candidate of a search included).
+    """
 
     name: str
     target_columns: tuple[str, ...]
     feature_columns: tuple[str, ...] = ()
     categorical_columns: tuple[str, ...] = ()
-    hidden_sizes: tuple[int, ...] = (64, 64)
+    hidden_sizes: tuple[int, ...] | None = None
     activation: str = "silu"
-    epochs: int = 200
-    batch_size: int = 256
-    learning_rate: float = 1e-3
+    epochs: int = 1000
+    batch_size: int | None = None
+    learning_rate: float = 2e-3
     weight_decay: float = 0.0
     validation_fraction: float = 0.2
     patience: int = 20
@@ -225,7 +248,11 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class TrainProgress:
-    """Progress after one epoch (losses are MSE on standardized targets)."""
+    """Progress after one epoch (losses are MSE on standardized targets).
+
+    In a network search, ``candidate`` (0-based) of ``candidates`` says which network
+    the epoch belongs to; ``epoch`` counts from 1 for each candidate.
+    """
 
     epoch: int
     epochs: int
@@ -234,6 +261,9 @@ class TrainProgress:
     best_validation_loss: float
     elapsed_seconds: float
     eta_seconds: float
+    candidate: int = 0
+    candidates: int = 1
+    learning_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -246,12 +276,30 @@ class TrainWarning:
 
 @dataclass(frozen=True)
 class OutputMetrics:
-    """Validation metrics of one output, in raw units."""
+    """Validation metrics of one output, in raw units.
+
+    ``residual_std`` is the standard deviation of ``prediction - target`` and
+    ``residual_p95`` the 95th percentile of ``|prediction - target|``: how far a
+    pattern's real value may lie from what the model predicts for it.
+    """
 
     output: str
     mse: float
     mae: float
     r2: float
+    residual_std: float = 0.0
+    residual_p95: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelCandidate:
+    """One network tried by a Train run, with its best validation loss (standardized MSE)."""
+
+    hidden_sizes: tuple[int, ...]
+    validation_loss: float
+    epochs_run: int
+    stop_reason: StopReason
+    selected: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,3 +314,7 @@ class TrainedModel:
     elapsed_seconds: float
     rows: int
     warnings: tuple[TrainWarning, ...] = field(default=())
+    stop_reason: StopReason = StopReason.CONVERGED
+    hidden_sizes: tuple[int, ...] = ()
+    batch_size: int = 0
+    candidates: tuple[ModelCandidate, ...] = ()

@@ -317,6 +317,25 @@ def test_train_jsonl_and_progress(cli: Run, tmp_path: Path) -> None:
     assert human.stdout.splitlines()[0] == "levels:2"
     assert human.stdout.splitlines()[1].startswith("difficulty: mse")
     assert "epoch 3/3" in human.stderr  # the progress bar, on stderr
+    assert "epochs (max_epochs)" in human.stdout and "* network" in human.stdout  # the search, the chosen one
+    shown = cli("show", "levels:2").stdout
+    assert "3 epochs (max_epochs)" in shown and "validation difficulty: mse" in shown and "p95 |residual|" in shown
+    training = json.loads(cli("show", "levels:2", "--json").stdout)["training"]
+    assert training["stop_reason"] == "max_epochs" and training["rows"] == 400
+
+    budget = cli(
+        "train",
+        str(data),
+        "--name",
+        "levels",
+        *LEVELS,
+        *"--epochs 100000 --patience 100000".split(),
+        "--time-budget",
+        "1",
+        "--jsonl",
+    )
+    assert budget.returncode == 0, budget.stderr
+    assert json.loads(budget.stdout.splitlines()[-1])["stop_reason"] == "time_budget"
 
 
 def test_ctrl_c_cancels_train(served: Served, cli: Run, tmp_path: Path) -> None:

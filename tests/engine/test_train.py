@@ -28,12 +28,19 @@ from preimage.server.engine.data import Table, build_table
 from preimage.server.engine.export import SCHEMA_METADATA_KEY, ExportError, export_onnx
 from preimage.server.engine.invert import invert
 from preimage.server.engine.space import InputSpace
-from preimage.server.engine.train import TrainingDivergedError, split_indices, train
+from preimage.server.engine.train import (
+    SEARCH_CANDIDATES,
+    TrainingDivergedError,
+    auto_batch_size,
+    split_indices,
+    train,
+)
 from preimage.server.engine.types import (
     InvertSpec,
     InvertStatus,
     InvertSummary,
     PatternBatch,
+    StopReason,
     TargetSpec,
     TrainedModel,
     TrainProgress,
@@ -81,7 +88,15 @@ def run(table: Table, spec: TrainSpec, stop: threading.Event | None = None) -> t
 def difficulty() -> Iterator[tuple[np.ndarray, TrainSpec, list[Any], TrainedModel]]:
     """5,000 rows x 10 features, the default network (64, 64, silu), 40 epochs at a learning rate of 5e-3."""
     X, columns = difficulty_columns(5000)
-    spec = TrainSpec(name="difficulty", target_columns=("difficulty",), epochs=40, learning_rate=5e-3, seed=3)
+    spec = TrainSpec(
+        name="difficulty",
+        target_columns=("difficulty",),
+        hidden_sizes=(64, 64),
+        epochs=40,
+        batch_size=256,
+        learning_rate=5e-3,
+        seed=3,
+    )
     events, trained = run(build_table(columns, spec), spec)
     yield X, spec, events, trained
 
@@ -398,3 +413,50 @@ def test_export_that_disagrees_with_the_module_is_refused(monkeypatch: pytest.Mo
     monkeypatch.setattr(export_module, "_export_dynamo", lambda module, X: real(other, X))
     with pytest.raises(ExportError, match="disagrees"):
         export_onnx(_small_net(), FeatureSchema.default(3, 2), np.zeros((4, 3), np.float32))
+
+
+# -- defaults: fit to the noise floor, search, stop reasons --------------------------------
+
+
+def test_defaults_fit_to_the_noise_floor_and_report_the_search() -> None:
+    """Without any option a noisy 1,500-row table is fitted to its noise floor, and says how."""
+    rng = np.random.default_rng(11)
+    _, columns = difficulty_columns(1500, seed=11)
+    sigma = 0.2
+    columns["difficulty"] = columns["difficulty"] + rng.normal(0, sigma, 1500)
+    spec = TrainSpec(name="defaults", target_columns=("difficulty",), seed=2)
+    events, trained = run(build_table(columns, spec), spec)
+    (metrics,) = trained.metrics
+    assert trained.stop_reason is StopReason.CONVERGED and trained.epochs_run < spec.epochs
+    assert metrics.mse < 1.3 * sigma**2  # the noise floor is sigma²
+    assert metrics.residual_std == pytest.approx(np.sqrt(metrics.mse), rel=0.05)
+    assert metrics.residual_std < metrics.residual_p95 < 3 * metrics.residual_std
+    assert [c.hidden_sizes for c in trained.candidates] == list(SEARCH_CANDIDATES)
+    (chosen,) = [c for c in trained.candidates if c.selected]
+    assert chosen.validation_loss == min(c.validation_loss for c in trained.candidates)
+    assert chosen.hidden_sizes == trained.hidden_sizes and chosen.epochs_run == trained.epochs_run
+    assert trained.batch_size == auto_batch_size(1200)
+    progress = [e for e in events if isinstance(e, TrainProgress)]
+    assert {p.candidate for p in progress} == set(range(len(SEARCH_CANDIDATES)))
+    assert progress[0].learning_rate < spec.learning_rate  # warming up
+    assert min(p.learning_rate for p in progress) < spec.learning_rate / 2  # cut on a plateau
+    # By the true function the exported model is closer than the noise.
+    X_test = np.random.default_rng(12).uniform(0, 1, (5000, len(FEATURES)))
+    rmse = np.sqrt(np.mean((onnx_eval(trained.onnx_bytes, X_test)[:, 0] - true_difficulty(X_test)) ** 2))
+    assert rmse < sigma
+
+
+def test_max_epochs_and_time_budget_are_stop_reasons() -> None:
+    _, columns = difficulty_columns(400, seed=4)
+    spec = TrainSpec(name="short", target_columns=("difficulty",), hidden_sizes=(16,), epochs=3, seed=1)
+    _, trained = run(build_table(columns, spec), spec)
+    assert trained.stop_reason is StopReason.MAX_EPOCHS and trained.epochs_run == 3
+    spec = TrainSpec(name="budget", target_columns=("difficulty",), epochs=100_000, seed=1, max_seconds=1.0)
+    events, trained = run(build_table(columns, spec), spec)
+    assert trained.stop_reason is StopReason.TIME_BUDGET
+    assert "time budget" in events[-2].message
+
+
+@pytest.mark.parametrize(("rows", "batch"), [(10, 32), (800, 32), (8000, 128), (80_000, 1024), (800_000, 4096)])
+def test_automatic_batch_size_scales_with_the_table(rows: int, batch: int) -> None:
+    assert auto_batch_size(rows) == batch

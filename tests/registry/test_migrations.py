@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from preimage.registry import Registry, RegistryUnavailableError
+from preimage.registry import Registry, RegistryUnavailableError, TrainingReport, ValidationMetrics
 from preimage.registry.migrations import LATEST, MIGRATIONS
 from tests.registry.builders import gemm
 from tests.registry.checks import assert_matches_onnxruntime
@@ -36,6 +36,7 @@ def _to_format_1(path: Path) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("DROP TABLE generation")
+        conn.execute("ALTER TABLE models DROP COLUMN training_json")
         conn.execute("PRAGMA user_version = 1")
     finally:
         conn.close()
@@ -77,6 +78,40 @@ def test_format_1_index_upgrades_in_place(tmp_path: Path, caplog: pytest.LogCapt
     # Opening again has nothing to do.
     Registry.open(root, parity_rows=8).close()
     assert _user_version(root / "index.sqlite3") == LATEST
+
+
+def test_format_2_index_gains_training_reports(tmp_path: Path) -> None:
+    root = tmp_path / "old"
+    data = gemm(d=3, m=2, seed=4).SerializeToString()
+    old = Registry.open(root, parity_rows=8)
+    old.register_bytes("a", data)
+    old.close()
+    conn = sqlite3.connect(root / "index.sqlite3", isolation_level=None)
+    conn.execute("ALTER TABLE models DROP COLUMN training_json")
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+    report = TrainingReport(
+        stop_reason="converged",
+        epochs_run=42,
+        rows=1000,
+        hidden_sizes=(64, 64),
+        batch_size=32,
+        metrics=(ValidationMetrics("y", 0.04, 0.16, 0.99, 0.2, 0.39), ValidationMetrics("z", 1.0, 0.8, 0.5, 1.0, 2.0)),
+        elapsed_seconds=3.5,
+    )
+    upgraded = Registry.open(root, parity_rows=8)
+    try:
+        (first,) = upgraded.list("a")
+        assert first.training is None
+        upgraded.register_bytes("a", data, training=report)
+    finally:
+        upgraded.close()
+    reopened = Registry.open(root, parity_rows=8)
+    try:
+        versions = reopened.list("a", all_versions=True)
+        assert [r.training for r in versions] == [None, report]
+    finally:
+        reopened.close()
 
 
 def test_newer_index_is_refused_untouched(tmp_path: Path) -> None:

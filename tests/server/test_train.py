@@ -74,6 +74,17 @@ def test_train_then_invert(server: RunningServer, stubs: Stubs) -> None:
     assert kinds["walls"] == 2 and kinds["theme"] == 4  # integer, categorical (one-hot, 3 columns)
     assert model.input_width == 8 and model.HasField("statistics") and model.statistics.rows == 3000
     assert result.metrics[0].output == "difficulty" and result.metrics[0].r2 > 0.95
+    metrics = result.metrics[0]
+    assert 0 < metrics.residual_std < metrics.residual_p95 and metrics.residual_std**2 <= 1.01 * metrics.mse
+    assert result.stop_reason in (inference_pb2.STOP_REASON_CONVERGED, inference_pb2.STOP_REASON_MAX_EPOCHS)
+    assert list(result.hidden_sizes) == [32, 32] and result.batch_size == 128
+    (candidate,) = result.candidates
+    # The registry keeps the report, so GetModel (and `preimage show`) can tell it later.
+    stored = model.training
+    assert stored.epochs_run == result.epochs_run and list(stored.hidden_sizes) == [32, 32]
+    assert stored.stop_reason in ("converged", "max_epochs") and stored.metrics[0].mse == metrics.mse
+    assert stored.metrics[0].residual_p95 == metrics.residual_p95 and stored.rows == 3000
+    assert candidate.selected and candidate.epochs_run == result.epochs_run == progress[-1].epoch
 
     # The registered ONNX takes raw values: check predictions on fresh rows with onnxruntime.
     onnx_bytes = blob(server, model.sha256)
@@ -205,3 +216,24 @@ def test_concurrent_train_limit(tmp_path: Path) -> None:
         assert status is not None and any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
         first.cancel()
         stubs.channel.close()
+
+
+def test_time_budget_from_the_config_ends_training_with_a_model(stubs: Stubs) -> None:
+    X, walls, theme, y = table(500)
+    requests = list(train_requests(X, walls, theme, y, name="budgeted", epochs=100_000))
+    requests[0].config.patience = 100_000
+    requests[0].config.time_budget = 1.0
+    events = list(stubs.inference.Train(iter(requests), timeout=120))
+    result = events[-1].result
+    assert result.stop_reason == inference_pb2.STOP_REASON_TIME_BUDGET and result.model.version == 1
+    assert any("time budget" in e.warning.message for e in events if e.WhichOneof("event") == "warning")
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan")])
+def test_bad_time_budget_is_invalid_argument(stubs: Stubs, budget: float) -> None:
+    X, walls, theme, y = table(50)
+    requests = list(train_requests(X, walls, theme, y, name="nobudget", epochs=2))
+    requests[0].config.time_budget = budget
+    with pytest.raises(grpc.RpcError) as info:
+        list(stubs.inference.Train(iter(requests), timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "time_budget" in (info.value.details() or "")
