@@ -75,7 +75,7 @@ def check_client(command: list[str], name: str, server: Any, pki: Path, tmp_path
     # One Invert at a time: refused while the cancelled stream held the slot, served after.
     assert cancel["while_open"] in {"RESOURCE_EXHAUSTED", "ResourceExhausted"} and cancel["retry_after_s"] > 0, cancel
     assert cancel["after_status"] == "INVERT_STATUS_COMPLETE" and cancel["after_returned"] == 4, cancel
-    assert server.server.runtime.invert_slots.active == 0
+    assert server.server.runtime.invert_admission.running == 0
 
     bad = report["bad_request"]
     assert bad["code"] in {"INVALID_ARGUMENT", "InvalidArgument"} and bad["field"] == "inputs", bad
