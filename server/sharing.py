@@ -151,7 +151,7 @@ class SharedRun:
                         status = self.terminal.status
                         break
                     if self.closed:
-                        raise CancelledError("the server is shutting down")
+                        raise CancelledError("the shared Invert run this call joined was stopped (server shutdown)")
                     left = deadline - time.monotonic()
                     if left <= 0:
                         status = InvertStatus.BUDGET_SPENT
@@ -326,6 +326,7 @@ class SharedRuns:
         run = self._runs.get(key)
         if run is not None and not run.closed:
             self._runs.move_to_end(key)
+            run.last_used = time.monotonic()  # a joining caller keeps the run from ending as idle
             return run
         pending = self._starting.get(key)
         if pending is not None:
