@@ -113,7 +113,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             try:
                 # invert() validates and runs one forward pass before it returns: off the event loop too.
                 events = await self.runtime.run(
-                    invert, loaded.module, space, spec, statistics=loaded.statistics, stop=stop
+                    invert,
+                    loaded.module,
+                    space,
+                    spec,
+                    statistics=loaded.statistics,
+                    stop=stop,
+                    pilots=self.runtime.pilots,
                 )
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
                     if isinstance(event, PatternBatch):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from preimage.registry import LoadedModel, ModelRecord, Registry
     from preimage.server.engine import InputSpace
+    from preimage.server.engine.sample import PilotCache
     from preimage.server.engine.types import BoundSpec, FixedSpec
     from preimage.server.warm import WarmModel
 
@@ -52,6 +53,16 @@ class Runtime:
         self.warm = WarmModels(settings, metrics)
         self._records: dict[str, tuple[int, ModelRecord]] = {}
         self._spaces: OrderedDict[tuple[Any, ...], InputSpace] = OrderedDict()
+        self._pilots: PilotCache | None = None
+
+    @property
+    def pilots(self) -> PilotCache:
+        """Sample mode's pilots, per input space (each space of :meth:`input_space` is one model version's)."""
+        if self._pilots is None:
+            from preimage.server.engine.sample import PilotCache
+
+            self._pilots = PilotCache()
+        return self._pilots
 
     def set_registry(self, registry: Registry | None) -> None:
         """Publish the opened registry (or withdraw it)."""
@@ -99,7 +110,8 @@ class Runtime:
         """The input space of a model version under these bounds and fixed features, built once and cached.
 
         Part of each model's warm state: an Invert call with constraints seen before starts
-        without rebuilding (and re-validating) them. Errors are not cached.
+        without rebuilding (and re-validating) them, and sample mode's pilots
+        (:attr:`pilots`) are kept per space. Errors are not cached.
         """
         from preimage.server.engine import InputSpace
 

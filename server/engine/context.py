@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from preimage.server.engine.prior import InDistributionPenalty, Prior
 from preimage.server.engine.run import Run
 from preimage.server.engine.space import InputSpace
 from preimage.server.engine.targets import TargetSet
+
+if TYPE_CHECKING:
+    from preimage.server.engine.sample import PilotCache
 
 __all__ = ["Candidates", "Context", "Driver", "Outcome"]
 
@@ -52,6 +56,7 @@ class Context:
         weight: In-distribution weight ``λ`` (0 = off).
         penalty: The in-distribution penalty ``M`` when ``λ > 0``.
         preimage_size: Set by the enumeration: points of the exact preimage.
+        pilots: Where sample mode keeps the pilots of this model (``None``: measured per run).
     """
 
     space: InputSpace
@@ -63,6 +68,7 @@ class Context:
     weight: float = 0.0
     penalty: InDistributionPenalty | None = None
     preimage_size: int | None = None
+    pilots: PilotCache | None = None
 
     def thin(self, X: np.ndarray, F: np.ndarray) -> Candidates:
         """Keep each row with probability ``exp(−λ M(x))``: the in-distribution tilt of sample mode.

@@ -26,7 +26,7 @@ from preimage.server.engine.enumeration import enumerate_space
 from preimage.server.engine.optimize import optimize
 from preimage.server.engine.prior import InDistributionPenalty, Prior, make_prior
 from preimage.server.engine.run import Run, model_device, model_outputs
-from preimage.server.engine.sample import sample
+from preimage.server.engine.sample import PilotCache, sample
 from preimage.server.engine.space import InputSpace
 from preimage.server.engine.targets import TargetSet
 from preimage.server.engine.types import (
@@ -55,6 +55,7 @@ def invert(
     *,
     statistics: DataStatistics | None = None,
     stop: threading.Event | None = None,
+    pilots: PilotCache | None = None,
 ) -> Iterator[PatternBatch | InvertSummary]:
     """Find input patterns whose outputs hit the targets.
 
@@ -65,6 +66,8 @@ def invert(
         statistics: The model's training statistics (data prior, in-distribution penalty).
         stop: Set it (from any thread) to cancel; the run raises
             :class:`~preimage.errors.CancelledError` at its next step.
+        pilots: The model's warm state for sample mode: a pilot measured once per input
+            space and target is reused by later runs (their patterns are the same either way).
 
     Returns:
         An iterator of :class:`PatternBatch` events (``k x d`` inputs, ``k x m`` outputs and
@@ -97,7 +100,7 @@ def invert(
     targets = TargetSet.from_spec(spec.targets, spec.tolerance, outputs)
     prior = make_prior(space, spec.prior, statistics)
     penalty = InDistributionPenalty.build(space, statistics) if spec.in_distribution_weight > 0 else None
-    return _stream(module, space, spec, targets, prior, penalty, stop)
+    return _stream(module, space, spec, targets, prior, penalty, stop, pilots)
 
 
 def _stream(
@@ -108,6 +111,7 @@ def _stream(
     prior: Prior,
     penalty: InDistributionPenalty | None,
     stop: threading.Event | None,
+    pilots: PilotCache | None,
 ) -> Iterator[PatternBatch | InvertSummary]:
     seed = spec.seed if spec.seed is not None else secrets.randbits(63)
     run = Run(
@@ -127,6 +131,7 @@ def _stream(
         collector=collector,
         weight=spec.in_distribution_weight,
         penalty=penalty,
+        pilots=pilots,
     )
     run.check(cost=0)  # a stop set before the first step cancels at once
     if space.infeasible is not None:

@@ -1,9 +1,11 @@
 """``sample`` mode (the default): patterns drawn from the prior restricted to the preimage.
 
 Let ``p`` be the prior, ``T = {x : f(x) ∈ I}`` the preimage of the inner target
-intervals ``I``, and ``s`` the per-output spread of ``f`` under ``p`` (measured on a
-pilot of prior rows). The pilot's rows with ``f(x) ∈ I`` are accepted as they are:
-**exact** draws from ``p|T``. Then one of two samplers runs:
+intervals ``I``, and ``s`` the per-output spread of ``f`` under ``p``, measured on a
+:class:`Pilot` of prior rows drawn from a generator of its own. The pilot depends on the
+model, constraints, target and prior only, so a :class:`PilotCache` keeps it (the
+server's warm state); the run's own seed alone decides its patterns. Then one of two
+samplers runs:
 
 * **lines** (:mod:`~preimage.server.engine.lines`; one output, a free continuous
   column): exact draws from ``p|T`` at a cost the tolerance does not set, when
@@ -30,28 +32,38 @@ dearer than the windowed estimate. With an in-distribution weight ``λ`` every c
 is kept with probability ``exp(−λ M(x))``.
 
 When neither the pilot nor calibration reached the target, a short :func:`optimize`
-probe decides reachability first (its patterns are not returned: they are not prior
-draws).
+probe (its own generator; its patterns are not returned: they are not prior draws)
+decides reachability first, and a "reachable" verdict is kept with the pilot.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Generator
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from preimage.server.engine.collector import Collector
 from preimage.server.engine.context import Candidates, Context, Driver, Outcome
 from preimage.server.engine.lines import CALIBRATION_LINES, FINE_GRID, LineSampler, calibrate
 from preimage.server.engine.newton import NewtonConfig, NewtonPool
 from preimage.server.engine.optimize import optimize
+from preimage.server.engine.space import InputSpace
 
-__all__ = ["A_FLOOR", "A_TARGET", "PILOT", "W_MAX", "sample"]
+__all__ = ["A_FLOOR", "A_TARGET", "PILOT", "PILOT_SEED", "PROBE_SEED", "W_MAX", "Pilot", "PilotCache", "sample"]
 
 PILOT = 8192
-"""Most rows of the pilot (it is sized to the patterns wanted, at least 1024)."""
+"""Rows of the pilot."""
+PILOT_SEED = 0x9E3779B97F4A7C15
+"""Seed of the pilot's own generator."""
+PROBE_SEED = 0xD1B54A32D192ED03
+"""Seed of the reachability probe's own generator."""
 A_TARGET = 0.01
 A_FLOOR = 0.002
 W_MAX = 0.02
@@ -72,44 +84,92 @@ _SWITCH = 2.0
 _log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Pilot:
+    """What sample mode measures of one (model, constraints, target) before it draws.
+
+    Measured on :data:`PILOT` prior rows drawn from a generator of its own
+    (:data:`PILOT_SEED`), so it is the same for every call with that key: a call's
+    patterns depend on its seed only, whether the pilot was measured for it or taken
+    from a :class:`PilotCache`.
+
+    Attributes:
+        spread: Per-output standard deviation of the outputs (``s``).
+        window: The widened window ``w`` in units of ``s`` (0: exact hits only).
+        rows: Rows of the pilot.
+        hits: Pilot rows inside the target (exact draws).
+        inside_window: Pilot rows in the widened window but not the target.
+        near: The :data:`_NEAR_ROWS` rows nearest the target (where line calibration starts).
+        reachable: ``True`` when the target is known to be reachable (a pilot hit, or a
+            probe found a pattern), ``None`` while unknown.
+    """
+
+    spread: np.ndarray
+    window: float
+    rows: int
+    hits: int
+    inside_window: int
+    near: np.ndarray
+    reachable: bool | None
+
+    @property
+    def window_cost(self) -> float:
+        """Rows per pattern the windowed sampler is expected to spend."""
+        return _window_cost(self.rows, self.hits, self.inside_window)
+
+
+class PilotCache:
+    """Pilots per input space and target: part of a model version's warm state.
+
+    An :class:`InputSpace` must belong to one model (the server builds one per model
+    version and constraint set). Thread-safe; an entry lives as long as its space does
+    (at most ``per_space`` targets each, least recently used first out).
+    """
+
+    def __init__(self, per_space: int = 64) -> None:
+        self.per_space = per_space
+        self._lock = threading.Lock()
+        self._spaces: weakref.WeakKeyDictionary[InputSpace, OrderedDict[tuple[object, ...], Pilot]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(pilots) for pilots in self._spaces.values())
+
+    def get(self, space: InputSpace, key: tuple[object, ...]) -> Pilot | None:
+        with self._lock:
+            pilots = self._spaces.get(space)
+            pilot = pilots.get(key) if pilots is not None else None
+            if pilot is not None:
+                pilots.move_to_end(key)  # type: ignore[union-attr]
+            return pilot
+
+    def put(self, space: InputSpace, key: tuple[object, ...], pilot: Pilot) -> None:
+        with self._lock:
+            pilots = self._spaces.setdefault(space, OrderedDict())
+            pilots[key] = pilot
+            while len(pilots) > self.per_space:
+                pilots.popitem(last=False)
+
+
 def sample(ctx: Context) -> Driver:
     """Yield draws from the prior restricted to the preimage until enough or the budget ends."""
     run, targets = ctx.run, ctx.targets
     if not run.check():
         return Outcome.BUDGET
-    pilot = int(min(PILOT, max(_SCREEN_MIN, 2 * ctx.collector.remaining / A_TARGET)))
-    X0 = ctx.prior.sample(ctx.rng, pilot)
-    F0 = run.forward(torch.from_numpy(X0)).numpy()
-    spread = _spread(F0, targets.scale)
-    D0 = (targets.inner_distance(F0) / spread).max(axis=1)
-    hit0 = D0 == 0.0
-    Xa, Fa = ctx.thin(X0[hit0], F0[hit0])
-    if Xa.shape[0]:
-        yield Xa, Fa
-        if ctx.collector.done:
-            return Outcome.DONE
-    w = 0.0
-    if ctx.space.free_continuous.any() and hit0.mean() < A_TARGET:
-        w = _window(D0)
-    window = ~hit0 & (D0 <= w)
-
-    window_cost = _window_cost(pilot, int(hit0.sum()), int(window.sum()))
+    pilot = _pilot(ctx)
+    window_cost = pilot.window_cost
     calibration = None
     # Calibrating lines costs about as much as a few hundred windowed patterns: small requests skip it.
     if targets.outputs == 1 and ctx.collector.remaining * window_cost > _CALIBRATION_ROWS:
-        near = X0[np.argsort(D0, kind="stable")[:_NEAR_ROWS]]
-        calibration = calibrate(ctx, near, spend=ctx.collector.remaining * window_cost)
+        calibration = calibrate(ctx, pilot.near, spend=ctx.collector.remaining * window_cost)
         if calibration is None:
             return Outcome.BUDGET
-    if not hit0.any() and not (calibration is not None and calibration.reached):
-        probe = optimize(ctx, probe_passes=_PROBE_PASSES)
-        try:
-            next(probe)
-        except StopIteration as end:
-            if end.value in (Outcome.UNREACHABLE, Outcome.BUDGET):
-                return Outcome(end.value)
-        finally:
-            probe.close()
+    if not (calibration is not None and calibration.reached):
+        outcome = _reachable(ctx, pilot)
+        if outcome is not None:
+            return outcome
 
     plan = calibration.plan if calibration is not None else None
     if plan is not None and plan.cost < window_cost:
@@ -118,8 +178,77 @@ def sample(ctx: Context) -> Driver:
         if outcome is not None:
             return outcome
     else:
-        _log.debug("sample: windowed sampler, w = %.3g (~%.3g rows per pattern; lines: %s)", w, window_cost, plan)
-    return (yield from _windowed(ctx, spread, w, X0[window], screened=pilot, found=int(hit0.sum())))
+        _log.debug(
+            "sample: windowed sampler, w = %.3g (~%.3g rows per pattern; lines: %s)", pilot.window, window_cost, plan
+        )
+    # The pilot's rates size the first screening pass: its exact hits and window rows, nearly all of
+    # which the projection moves onto the target.
+    return (
+        yield from _windowed(
+            ctx, pilot.spread, pilot.window, screened=pilot.rows, found=pilot.hits + pilot.inside_window
+        )
+    )
+
+
+def _pilot(ctx: Context) -> Pilot:
+    """The pilot of this run's model, constraints and target: from the cache, else measured (and cached)."""
+    cache, key = ctx.pilots, _pilot_key(ctx)
+    if cache is not None and (pilot := cache.get(ctx.space, key)) is not None:
+        return pilot
+    run, targets = ctx.run, ctx.targets
+    X0 = ctx.prior.sample(np.random.default_rng(PILOT_SEED), PILOT)
+    F0 = run.forward(torch.from_numpy(X0)).numpy()
+    spread = _spread(F0, targets.scale)
+    D0 = (targets.inner_distance(F0) / spread).max(axis=1)
+    hit0 = D0 == 0.0
+    w = 0.0
+    if ctx.space.free_continuous.any() and hit0.mean() < A_TARGET:
+        w = _window(D0)
+    pilot = Pilot(
+        spread=spread,
+        window=w,
+        rows=PILOT,
+        hits=int(hit0.sum()),
+        inside_window=int((~hit0 & (D0 <= w)).sum()),
+        near=X0[np.argsort(D0, kind="stable")[:_NEAR_ROWS]],
+        reachable=True if hit0.any() else None,
+    )
+    if cache is not None:
+        cache.put(ctx.space, key, pilot)
+    return pilot
+
+
+def _pilot_key(ctx: Context) -> tuple[object, ...]:
+    return (ctx.targets.lower.tobytes(), ctx.targets.upper.tobytes(), ctx.prior.kind, ctx.weight)
+
+
+def _reachable(ctx: Context, pilot: Pilot) -> Outcome | None:
+    """Whether the target can be reached: ``None`` when it can, else the outcome to end with.
+
+    Known from the pilot or an earlier probe, else a short :func:`optimize` probe decides; its
+    patterns are not returned (they are not prior draws), it draws from a generator of its own
+    (:data:`PROBE_SEED`), and a verdict of "reachable" is kept with the pilot.
+    """
+    if pilot.reachable:
+        return None
+    probe_ctx = replace(
+        ctx,
+        rng=np.random.default_rng(PROBE_SEED),
+        collector=Collector(ctx.space, ctx.targets, 1, 0.0, 1),
+        pilots=None,
+    )
+    probe = optimize(probe_ctx, probe_passes=_PROBE_PASSES)
+    try:
+        next(probe)
+    except StopIteration as end:
+        if end.value in (Outcome.UNREACHABLE, Outcome.BUDGET):
+            return Outcome(end.value)
+        return None  # inconclusive within the probe's passes: sample and see
+    finally:
+        probe.close()
+    if ctx.pilots is not None:
+        ctx.pilots.put(ctx.space, _pilot_key(ctx), replace(pilot, reachable=True))
+    return None
 
 
 def _lines(ctx: Context, sampler: LineSampler, window_cost: float) -> Generator[Candidates, None, Outcome | None]:
@@ -146,12 +275,13 @@ def _lines(ctx: Context, sampler: LineSampler, window_cost: float) -> Generator[
             return None
 
 
-def _windowed(ctx: Context, spread: np.ndarray, w: float, X_window: np.ndarray, *, screened: int, found: int) -> Driver:
-    """Screening passes of prior rows: exact hits as they are, rows inside the window ``w`` projected onto ``T``."""
+def _windowed(ctx: Context, spread: np.ndarray, w: float, *, screened: int, found: int) -> Driver:
+    """Screening passes of prior rows: exact hits as they are, rows inside the window ``w`` projected onto ``T``.
+
+    ``found / screened`` (the pilot's, at first) sizes each screening pass.
+    """
     run, targets = ctx.run, ctx.targets
     pool = NewtonPool(ctx.space, targets, run, NewtonConfig(center=False, max_age=_NEWTON_AGE))
-    if X_window.shape[0]:  # the pilot's window rows are draws like any other: project them too
-        pool.add(torch.from_numpy(X_window), torch.from_numpy(_levels(ctx, X_window.shape[0])))
     cost = 2 + targets.outputs  # a gradient sub-pass (1 + m) and a forward-only one
     while True:
         while len(pool):

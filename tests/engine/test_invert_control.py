@@ -11,6 +11,7 @@ import torch
 from preimage.errors import CancelledError
 from preimage.server.engine import BoundSpec, InvertMode, InvertStatus, InvertSummary, PatternBatch, invert
 from preimage.server.engine.run import CHUNK, Run
+from preimage.server.engine.sample import PilotCache
 from preimage.server.engine.targets import TargetSet
 from preimage.server.engine.types import TargetSpec
 from tests.engine.helpers import (
@@ -85,13 +86,42 @@ def test_a_drawn_seed_is_reported_and_reproduces_the_stream() -> None:
     )
 
 
+@pytest.mark.parametrize("n", [20, 3000])
+def test_a_seeded_run_does_not_depend_on_the_warm_state(n: int) -> None:
+    # Sample mode measures a pilot (and may probe reachability) once per space and target and keeps
+    # them in a PilotCache; a seeded run's patterns must be the same cold, warm, or with no cache.
+    module = module_of(EXAMPLE_MODEL.read_bytes())
+    space = space_of(EXAMPLE_SCHEMA)
+
+    def patterns(seed: int, pilots: PilotCache | None) -> np.ndarray:
+        events = list(invert(module, space, spec(7.0, n=n, seed=seed, tolerance=1e-4), pilots=pilots))
+        assert isinstance(events[-1], InvertSummary) and events[-1].returned == n
+        return np.concatenate([e.inputs for e in events[:-1]])  # type: ignore[union-attr]
+
+    alone = patterns(5, None)
+    pilots = PilotCache()
+    cold = patterns(5, pilots)
+    assert len(pilots) == 1
+    warm = patterns(5, pilots)
+    patterns(6, pilots)  # another caller used the warm state in between
+    again = patterns(5, pilots)
+    for other in (cold, warm, again):
+        np.testing.assert_array_equal(alone, other)
+    assert not np.array_equal(alone, patterns(6, None))
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_the_first_batch_comes_long_before_the_last(mode: InvertMode) -> None:
     module = Counting(module_of(EXAMPLE_MODEL.read_bytes()))
+    space = space_of(EXAMPLE_SCHEMA)
+    # As on a server: the model's warm state (sample mode's pilot) was built by an earlier call.
+    pilots = PilotCache()
+    list(invert(module, space, spec(7.0, n=1, mode=mode), pilots=pilots))
+    start = module.rows
     rows_at_batch = []
-    for event in invert(module, space_of(EXAMPLE_SCHEMA), spec(7.0, n=20_000, mode=mode, batch_size=100)):
+    for event in invert(module, space, spec(7.0, n=20_000, mode=mode, batch_size=100), pilots=pilots):
         if isinstance(event, PatternBatch):
-            rows_at_batch.append(module.rows)
+            rows_at_batch.append(module.rows - start)
     assert len(rows_at_batch) >= 50
     assert rows_at_batch[0] * 10 <= rows_at_batch[-1]  # the first batch costs a tenth of the work or less
 
