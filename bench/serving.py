@@ -274,6 +274,20 @@ class RssSampler:
         self.growth_mb = (self.peak_kb - self.before["VmRSS"]) / 1024
 
 
+def _one_thread_session() -> ort.InferenceSession:
+    """onnxruntime on one thread, not spinning: the reference, and the checker of every pattern.
+
+    onnxruntime's default pool keeps a thread per core spinning after each run; on a small machine
+    that steals the cores the server and the client measure on.
+    """
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(MODEL.read_bytes(), options, providers=["CPUExecutionProvider"])
+
+
 def _valid(session: ort.InferenceSession, inputs: Sequence[np.ndarray]) -> tuple[int, int, int]:
     """Patterns received, distinct rows, and valid distinct rows (by onnxruntime)."""
     if not inputs:
@@ -378,10 +392,7 @@ async def _sequential(client: AsyncClient, ref: str, session: ort.InferenceSessi
     }
 
     X = np.random.default_rng(2).random((plan.predict_rows, 10), dtype=np.float32)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    local = ort.InferenceSession(MODEL.read_bytes(), options, providers=["CPUExecutionProvider"])
+    local = _one_thread_session()
     name = local.get_inputs()[0].name
     local.run(None, {name: X})
     served_s, local_s = [], []
@@ -468,7 +479,7 @@ def _git_commit() -> str:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measure against one fresh server and return the figures."""
     plan = QUICK if args.quick else Plan()
-    session = ort.InferenceSession(MODEL.read_bytes(), providers=["CPUExecutionProvider"])
+    session = _one_thread_session()
     server_flags = ["--address", "127.0.0.1:0", "--log-level", "warning", *args.server_arg]
     wall = time.perf_counter()
     report: dict[str, Any] = {

@@ -190,7 +190,7 @@ class Index:
 
         Any process sharing the index sees the number move when another one changes it.
         """
-        with self.read() as conn:
+        with self._connection() as conn:  # one statement: its own implicit read transaction
             return int(conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()[0])
 
     def close(self) -> None:

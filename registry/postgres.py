@@ -161,6 +161,11 @@ class PostgresIndex(Index):
         """A read transaction: one consistent snapshot of the index."""
         return self._pg_transaction("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", write=False)
 
+    def generation(self) -> int:
+        """How many write transactions have committed since the index was made."""
+        with self.read() as conn:
+            return int(conn.execute("SELECT value FROM generation WHERE id = 1").fetchone()[0])
+
     def write(self) -> AbstractContextManager[Connection]:
         """A write transaction holding the index-wide write lock until it commits or rolls back.
 

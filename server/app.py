@@ -135,12 +135,9 @@ class PreimageServer:
         settings = self.settings
         if settings.device != "cpu" and (problem := device_problem(settings.device)):
             raise ValueError(problem)
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
         await self._set_health(_NOT_SERVING)
         await self.server.start()
+        await self.runtime.run(_set_torch_threads, settings.torch_threads)  # imports torch: off the loop
         self._registry = await self.runtime.run(
             Registry.open,
             settings.registry_dir,
@@ -310,3 +307,9 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)

@@ -115,8 +115,11 @@ class Settings(BaseSettings):
     train_min_rows: int = Field(default=20, ge=2)
     """Fewest table rows Train accepts."""
 
-    torch_threads: int | None = Field(default=None, ge=1)
-    """Threads torch uses for one operation; unset leaves torch's default."""
+    torch_threads: int = Field(default=1, ge=1)
+    """Threads torch uses for one operation. One by default: a server runs many calls at once on its
+    engine workers, and an intra-op team per operation only makes them wait on each other (on a small
+    machine a busy core stalls every parallel operation, several times over). Raise it for a few
+    large calls on an otherwise idle machine."""
 
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda|mps|xpu)(:[0-9]+)?$")
     """Torch device models run on for Predict and Invert (``cpu``, ``cuda``, ``cuda:1``, ...); bookkeeping

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import cached_property
 
 import numpy as np
 
@@ -287,24 +288,25 @@ class InputSpace:
         """``2 x d`` float32 bounds (row 0 lower, row 1 upper), BoTorch's layout."""
         return np.stack([self.lower, self.upper])
 
-    @property
+    # Computed once per space (spaces are immutable and cached per model and constraint set).
+    @cached_property
     def free_continuous(self) -> np.ndarray:
         """``d`` booleans: continuous columns that are not fixed (the ones Newton steps move)."""
-        return (self.kinds == ColumnKind.CONTINUOUS) & ~self.fixed
+        return _read_only((self.kinds == ColumnKind.CONTINUOUS) & ~self.fixed)
 
-    @property
+    @cached_property
     def free_numeric(self) -> np.ndarray:
         """``d`` booleans: continuous and integer columns that are not fixed."""
-        return ((self.kinds == ColumnKind.CONTINUOUS) | (self.kinds == ColumnKind.INTEGER)) & ~self.fixed
+        return _read_only(((self.kinds == ColumnKind.CONTINUOUS) | (self.kinds == ColumnKind.INTEGER)) & ~self.fixed)
 
-    @property
+    @cached_property
     def discrete_size(self) -> int | None:
         """Number of points of the space when every free column is discrete, else ``None``."""
         if self.free_continuous.any():
             return None
         return math.prod(f.levels for f in self.factors)
 
-    @property
+    @cached_property
     def enumerable(self) -> bool:
         """Whether the space is all discrete with at most :data:`MAX_ENUMERATION` points."""
         size = self.discrete_size
@@ -428,3 +430,8 @@ def _fixed_value(feature: InputFeature, item: FixedSpec, lo: float, hi: float, w
         lo32, hi32 = _float32_inside(lo if math.isfinite(lo) else -math.inf, hi if math.isfinite(hi) else math.inf)
         return float(np.clip(np.float32(value), lo32, hi32))
     return value
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
