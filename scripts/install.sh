@@ -20,7 +20,7 @@ if [[ ",${EXTRAS}," == *",test,"* ]]; then
   # From Debian's archive: Go and Java toolchains for the interop clients (tests/interop/compiled.py),
   # and a real PostgreSQL server for the shared-registry tests (they start throwaway clusters themselves).
   debs=(postgresql protobuf-compiler libprotobuf-dev
-        golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev protoc-gen-go protoc-gen-go-grpc
+        golang-go golang-github-golang-protobuf-1-5-dev golang-google-grpc-dev golang-google-protobuf-dev golang-google-genproto-dev protoc-gen-go protoc-gen-go-grpc
         default-jdk-headless libgrpc-java protobuf-compiler-grpc-java-plugin libprotobuf-java libgoogle-common-protos-java
         libguava-java libnetty-java libnetty-tcnative-java libnetty-tcnative-jni libperfmark-java libgeronimo-annotation-1.3-spec-java)
   missing=()
