@@ -96,6 +96,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 spec.in_distribution_weight,
                 bounds,
                 fixed,
+                spec.max_uncertainty,
             )
             shared = await self.runtime.shared_runs.get(key, loaded, space, spec)
             remaining = context.time_remaining()
@@ -113,7 +114,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             try:
                 # invert() validates and runs one forward pass before it returns: off the event loop too.
                 events = await self.runtime.run(
-                    invert, loaded.module, space, spec, statistics=loaded.statistics, stop=stop
+                    invert,
+                    loaded.module,
+                    space,
+                    spec,
+                    statistics=loaded.statistics,
+                    stop=stop,
+                    spreads=loaded.schema.spread_columns,
                 )
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
                     if isinstance(event, PatternBatch):

@@ -243,7 +243,13 @@ class SharedRun:
         self._run_n = min(2 * self._run_n, MAX_RUN)
         self._generation += 1
         self._events = await self.runtime.run(
-            invert, self.loaded.module, self.space, spec, statistics=self.loaded.statistics, stop=self._stop
+            invert,
+            self.loaded.module,
+            self.space,
+            spec,
+            statistics=self.loaded.statistics,
+            stop=self._stop,
+            spreads=self.loaded.schema.spread_columns,
         )
 
     async def _pump_loop(self) -> None:
