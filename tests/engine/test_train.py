@@ -537,3 +537,23 @@ def test_ensemble_after_the_search_uses_the_chosen_network() -> None:
     assert {p.candidates for p in events if isinstance(p, TrainProgress)} == {fits}
     assert trained.ensemble == 2 and len(trained.candidates) == len(SEARCH_CANDIDATES)
     assert trained.hidden_sizes == next(c.hidden_sizes for c in trained.candidates if c.selected)
+
+
+def test_time_budget_shares_itself_between_the_ensemble_members() -> None:
+    X, columns = difficulty_columns(300, seed=8)
+    spec = TrainSpec(
+        name="budget",
+        target_columns=("difficulty",),
+        hidden_sizes=(8,),
+        epochs=100_000,
+        patience=100_000,
+        seed=1,
+        max_seconds=1.5,
+        ensemble=3,
+    )
+    events, trained = run(build_table(columns, spec), spec)
+    # Each member got an equal share of the budget, so every one of them ran and ran out.
+    assert trained.ensemble == 3 and trained.stop_reason is StopReason.TIME_BUDGET
+    assert "3 of 3 ensemble members" in events[-2].message
+    assert {p.candidate for p in events if isinstance(p, TrainProgress)} == {0, 1, 2}
+    assert np.isfinite(onnx_eval(trained.onnx_bytes, X)).all()
