@@ -7,17 +7,24 @@ size, two ways of training are compared in the same run, on the same noisy table
   stopping on the validation loss, warm-up + halve-on-plateau learning rate, batch
   size scaled to the table, and the small network search;
 * ``fixed`` — the plain loop at fixed epochs: 64x64, batch 256, lr 1e-3, ``--fixed-epochs``
-  epochs (60), early stopping disabled (the defaults before issue 14).
+  epochs (60), early stopping disabled (the defaults before issue 14);
+* ``ensemble`` — the defaults plus a deep ensemble of ``--ensemble`` members (5) of the
+  network the search chose, inverted on the members' mean alone (``ensemble``) and with
+  ``max_uncertainty = U`` (``ensemble+U``), where ``U`` is the median spread over the
+  validation rows that Train reports (``OutputMetrics.spread_median``): patterns are kept
+  where the members agree at least as well as on a typical held-out row.
 
 Each trained model is registered in a temporary registry, loaded back, and inverted
 by the engine for targets 3, 5 and 7 (``--n`` patterns each, sample mode, tolerance
 1e-3). The hit rate is the share of patterns whose TRUE (noise-free) value is within
 0.5 of the target, over the patterns asked for (one not returned is a miss).
-Wall time is Train + the three Inverts. Validation R² and the
-residual p95 that Train reports are printed beside them.
+Wall time is Train + the three Inverts (for ``ensemble+U``: the same Train, then its own
+Inverts). Validation R² and the residual p95 that Train reports (for ensembles: of the
+mean) are printed beside them.
 
 Usage:
-    .venv/bin/python bench/train_quality.py [--sizes 2000,20000] [--n 200] [--json out.json]
+    .venv/bin/python bench/train_quality.py [--sizes 2000,20000] [--n 200] [--arms default,fixed,ensemble]
+        [--ensemble 5] [--functions smooth,interactions,categorical] [--json out.json]
 """
 
 from __future__ import annotations
@@ -116,11 +123,17 @@ def true_values(f: Function, patterns: np.ndarray, levels: tuple[str, ...]) -> n
     return f.g(X, theme)
 
 
-def run_one(f: Function, columns: dict[str, Any], spec: TrainSpec, n: int) -> dict[str, Any]:
+def run_one(f: Function, columns: dict[str, Any], spec: TrainSpec, n: int) -> list[dict[str, Any]]:
+    """Train once, then invert for every target; an ensemble is inverted twice (without and with ``U``).
+
+    Returns one result per way of inverting, ``label`` ``""`` or ``"+U"``.
+    """
     started = time.perf_counter()
     trained = next(e for e in train(build_table(columns, spec), spec) if isinstance(e, TrainedModel))
     train_seconds = time.perf_counter() - started
-    hits = []
+    (metrics,) = trained.metrics
+    limits: tuple[float | None, ...] = (None, metrics.spread_median) if trained.ensemble else (None,)
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry.open(tmp)
         try:
@@ -130,27 +143,47 @@ def run_one(f: Function, columns: dict[str, Any], spec: TrainSpec, n: int) -> di
             loaded = registry.load(record)
             space = InputSpace.from_schema(loaded.schema)
             levels = next((feat.levels for feat in loaded.schema.inputs if feat.levels), ())
-            for target in TARGETS:
-                invert_spec = InvertSpec(targets=(TargetSpec(value=target),), n=n, seed=int(target))
-                events = list(invert(loaded.module, space, invert_spec, statistics=loaded.statistics))
-                batches = [e.inputs for e in events if isinstance(e, PatternBatch)]
-                patterns = np.concatenate(batches) if batches else np.zeros((0, record.input_width), np.float32)
-                hit = np.abs(true_values(f, patterns, levels) - target) <= 0.5
-                # A pattern asked for but not returned counts as a miss.
-                hits.append(np.concatenate([hit, np.zeros(n - len(hit), bool)]))
+            for limit in limits:
+                inverted = time.perf_counter()
+                hits = []
+                for target in TARGETS:
+                    invert_spec = InvertSpec(
+                        targets=(TargetSpec(value=target),), n=n, seed=int(target), max_uncertainty=limit
+                    )
+                    events = list(
+                        invert(
+                            loaded.module,
+                            space,
+                            invert_spec,
+                            statistics=loaded.statistics,
+                            spreads=loaded.schema.spread_columns,
+                        )
+                    )
+                    batches = [e.inputs for e in events if isinstance(e, PatternBatch)]
+                    patterns = np.concatenate(batches) if batches else np.zeros((0, record.input_width), np.float32)
+                    hit = np.abs(true_values(f, patterns, levels) - target) <= 0.5
+                    # A pattern asked for but not returned counts as a miss.
+                    hits.append(np.concatenate([hit, np.zeros(n - len(hit), bool)]))
+                results.append(
+                    {
+                        "label": "" if limit is None else "+U",
+                        "max_uncertainty": limit,
+                        "hit_rate": float(np.mean(np.concatenate(hits))),
+                        "seconds": train_seconds + time.perf_counter() - inverted,
+                        "train_seconds": train_seconds,
+                        "r2": metrics.r2,
+                        "residual_p95": metrics.residual_p95,
+                        "spread_median": metrics.spread_median,
+                        "spread_p95": metrics.spread_p95,
+                        "epochs": trained.epochs_run,
+                        "stop_reason": trained.stop_reason.value,
+                        "network": "x".join(map(str, trained.hidden_sizes)),
+                        "members": trained.ensemble,
+                    }
+                )
         finally:
             registry.close()
-    (metrics,) = trained.metrics
-    return {
-        "hit_rate": float(np.mean(np.concatenate(hits))),
-        "seconds": time.perf_counter() - started,
-        "train_seconds": train_seconds,
-        "r2": metrics.r2,
-        "residual_p95": metrics.residual_p95,
-        "epochs": trained.epochs_run,
-        "stop_reason": trained.stop_reason.value,
-        "network": "x".join(map(str, trained.hidden_sizes)),
-    }
+    return results
 
 
 def main() -> None:
@@ -159,12 +192,14 @@ def main() -> None:
     parser.add_argument("--functions", default=",".join(f.name for f in FUNCTIONS))
     parser.add_argument("--fixed-epochs", type=int, default=60)
     parser.add_argument("--n", type=int, default=200, help="patterns per target")
+    parser.add_argument("--arms", default="default,fixed,ensemble", help="ways of training to compare")
+    parser.add_argument("--ensemble", type=int, default=5, help="members of the ensemble arm")
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args()
     rows_out = []
     print(
-        f"{'function':13} {'rows':>6} {'training':8} {'hit rate':>8} {'seconds':>8} {'R2':>7} {'p95':>6}"
-        "  epochs  stop / network"
+        f"{'function':13} {'rows':>6} {'training':11} {'hit rate':>8} {'seconds':>8} {'train s':>8} "
+        f"{'R2':>7} {'p95':>6}  epochs  stop / network  (U)"
     )
     for f in (f for f in FUNCTIONS if f.name in args.functions.split(",")):
         for rows in (int(s) for s in args.sizes.split(",")):
@@ -183,17 +218,25 @@ def main() -> None:
                     learning_rate=1e-3,
                     patience=10**6,
                 ),
+                "ensemble": TrainSpec(
+                    name="m", target_columns=("y",), categorical_columns=cat, seed=1, ensemble=args.ensemble
+                ),
             }
-            for label, spec in specs.items():
+            for arm in args.arms.split(","):
                 # A worker thread, as the servicer trains: torch in a loaded main thread is slower.
                 with concurrent.futures.ThreadPoolExecutor(1) as worker:
-                    r = worker.submit(run_one, f, columns, spec, args.n).result()
-                rows_out.append({"function": f.name, "rows": rows, "training": label, **r})
-                print(
-                    f"{f.name:13} {rows:>6} {label:8} {r['hit_rate']:>8.3f} {r['seconds']:>8.1f} {r['r2']:>7.4f} "
-                    f"{r['residual_p95']:>6.3f}  {r['epochs']:>6}  {r['stop_reason']} / {r['network']}",
-                    flush=True,
-                )
+                    results = worker.submit(run_one, f, columns, specs[arm], args.n).result()
+                for r in results:
+                    label = arm + r.pop("label")
+                    rows_out.append({"function": f.name, "rows": rows, "training": label, **r})
+                    limit = "" if r["max_uncertainty"] is None else f"  (U = {r['max_uncertainty']:.4g})"
+                    print(
+                        f"{f.name:13} {rows:>6} {label:11} {r['hit_rate']:>8.3f} {r['seconds']:>8.1f} "
+                        f"{r['train_seconds']:>8.1f} "
+                        f"{r['r2']:>7.4f} {r['residual_p95']:>6.3f}  {r['epochs']:>6}  {r['stop_reason']} / "
+                        f"{r['network']}{limit}",
+                        flush=True,
+                    )
     if args.json:
         with open(args.json, "w") as out:
             json.dump(rows_out, out, indent=1)

@@ -240,6 +240,7 @@ class ClientBase(Generic[S, T]):
         max_seconds: float | None = None,
         max_passes: int | None = None,
         batch_size: int = 0,
+        max_uncertainty: float | None = None,
         named: bool = False,
         timeout: float | None = None,
         request_id: str | None = None,
@@ -268,6 +269,9 @@ class ClientBase(Generic[S, T]):
             max_seconds: Wall-clock budget (the server's cap applies too).
             max_passes: Budget in batched model passes.
             batch_size: Most patterns per streamed message (0: the server chooses).
+            max_uncertainty: For a deep ensemble (trained with ``ensemble=k``): the largest
+                spread (standard deviation across the members) a pattern may have on every
+                output; each pattern's ``output`` then holds the means, then the spreads.
             named: Also give each pattern as ``{feature: value}``, categoricals as level
                 names (the schema is fetched first, and the stream pinned to that version).
             timeout: Deadline in seconds for the whole stream; when it passes, the server
@@ -304,6 +308,7 @@ class ClientBase(Generic[S, T]):
             max_seconds=max_seconds,
             max_passes=max_passes,
             batch_size=batch_size,
+            max_uncertainty=max_uncertainty,
         )
         _requests.invert_request(ref, **options)  # bad arguments fail here, not on the first read
         rid = request_id or _requests.new_request_id()
@@ -331,6 +336,7 @@ class ClientBase(Generic[S, T]):
         seed: int | None = None,
         overrides: Mapping[str, Mapping[str, Any]] | None = None,
         time_budget: float | None = None,
+        ensemble: int | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> T:
@@ -358,6 +364,9 @@ class ClientBase(Generic[S, T]):
                 ``{"walls": {"kind": "integer", "min": 0, "max": 12}}``.
             time_budget: Seconds of training at most; the best model so far is registered
                 when it runs out (the stop reason says so).
+            ensemble: Members ``k`` of a deep ensemble (0 or ``None``: one network). The model
+                then outputs the members' mean, then their spread, per target (schema
+                ``spread_of``); ``invert(..., max_uncertainty=U)`` keeps to where they agree.
             timeout: Deadline in seconds; when it passes, training stops and nothing is registered.
             request_id: Request id to send.
 
@@ -395,6 +404,7 @@ class ClientBase(Generic[S, T]):
                 seed=seed,
                 overrides=overrides,
                 time_budget=time_budget,
+                ensemble=ensemble,
             )
         )
         rid = request_id or _requests.new_request_id()

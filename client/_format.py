@@ -12,6 +12,7 @@ from preimage.client.types import (
     FeatureKind,
     InvertSummary,
     ModelInfo,
+    OutputMetrics,
     TrainProgress,
     TrainResult,
 )
@@ -106,15 +107,26 @@ def describe_model(info: ModelInfo) -> str:
     if t is not None:
         net = "x".join(map(str, t.hidden_sizes)) or "linear"
         lines.append(
-            f"trained  network {net}, {t.epochs_run} epochs ({t.stop_reason}), batch {t.batch_size}, "
-            f"{t.rows} rows, {t.elapsed_seconds:.3g} s"
+            f"trained  network {net}{_members(t.ensemble)}, {t.epochs_run} epochs ({t.stop_reason}), "
+            f"batch {t.batch_size}, {t.rows} rows, {t.elapsed_seconds:.3g} s"
         )
-        for m in t.metrics:
-            lines.append(
-                f"  validation {m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
-                f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
-            )
+        lines.extend(f"  validation {_metrics_text(m)}" for m in t.metrics)
     return "\n".join(lines)
+
+
+def _members(ensemble: int) -> str:
+    return f" x {ensemble} ensemble members (metrics of their mean)" if ensemble else ""
+
+
+def _metrics_text(m: OutputMetrics) -> str:
+    """``NAME: mse … r2 … residual …`` and, for a deep ensemble, the spread over the validation rows."""
+    text = (
+        f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
+        f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
+    )
+    if m.spread_median or m.spread_p95:
+        text += f"  spread median {m.spread_median:.4g}  p95 {m.spread_p95:.4g}"
+    return text
 
 
 def summary_lines(summary: InvertSummary) -> list[str]:
@@ -139,15 +151,13 @@ def summary_lines(summary: InvertSummary) -> list[str]:
 def train_result_lines(result: TrainResult) -> list[str]:
     """The model reference, then one line of validation metrics per output."""
     lines = [result.model.ref]
-    for m in result.metrics:
-        lines.append(
-            f"{m.output}: mse {m.mse:.4g}  mae {m.mae:.4g}  r2 {m.r2:.4f}  "
-            f"residual std {m.residual_std:.4g}  p95 |residual| {m.residual_p95:.4g}"
-        )
+    lines.extend(_metrics_text(m) for m in result.metrics)
     for c in result.candidates:
         mark = "*" if c.selected else " "
         net = "x".join(map(str, c.hidden_sizes)) or "linear"
         lines.append(f"{mark} network {net}: val loss {c.validation_loss:.4g}, {c.epochs_run} epochs, {c.stop_reason}")
+    if result.ensemble:
+        lines.append(f"ensemble of {result.ensemble} members of the selected network (metrics of their mean)")
     lines.append(
         f"{result.epochs_run} epochs ({result.stop_reason}), {result.rows} rows, batch {result.batch_size}, "
         f"{result.elapsed_seconds:.3g} s"

@@ -318,6 +318,7 @@ def invert_request(
     max_seconds: float | None,
     max_passes: int | None,
     batch_size: int,
+    max_uncertainty: float | None = None,
 ) -> inference_pb2.InvertRequest:
     """Build an ``InvertRequest`` from :meth:`Client.invert`'s arguments (see there)."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
@@ -335,6 +336,8 @@ def invert_request(
     )
     if tolerance is not None:
         request.tolerance = float(tolerance)
+    if max_uncertainty is not None:
+        request.max_uncertainty = float(max_uncertainty)
     if seed is not None:
         request.seed = int(seed)
     if bounds is not None:
@@ -461,6 +464,7 @@ def train_requests(
     seed: int | None,
     overrides: Mapping[str, Mapping[str, Any]] | None,
     time_budget: float | None = None,
+    ensemble: int | None = None,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[inference_pb2.TrainRequest]:
     """The Train stream: the configuration, then the table in column chunks (see :meth:`Client.train`).
@@ -480,6 +484,7 @@ def train_requests(
         batch_size=int(batch_size or 0),
         patience=int(patience or 0),
         total_rows=table.rows,
+        ensemble=int(ensemble or 0),
     )
     for field_name, value in (
         ("learning_rate", learning_rate),

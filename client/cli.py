@@ -243,6 +243,7 @@ def _invert_stream(client: Client, args: argparse.Namespace, named: bool) -> Inv
         in_distribution_weight=args.in_distribution_weight,
         max_seconds=args.max_seconds,
         max_passes=args.max_passes,
+        max_uncertainty=args.max_uncertainty,
         named=named,
     )
 
@@ -327,6 +328,7 @@ def cmd_train(client: Client, args: argparse.Namespace) -> int:
         patience=args.patience,
         seed=args.seed,
         time_budget=args.time_budget,
+        ensemble=args.ensemble,
     )
     bar = _format.ProgressBar(sys.stderr)
     with run:
@@ -461,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, help="time budget")
     p.add_argument("--max-passes", type=int, help="budget in batched model passes")
     p.add_argument(
+        "--max-uncertainty",
+        type=float,
+        metavar="U",
+        help="deep ensembles: largest spread across the members a pattern may have on every output",
+    )
+    p.add_argument(
         "--format",
         choices=_writers.FORMATS,
         help="table (default, for people), jsonl (one JSON object per pattern: input, output, error), "
@@ -488,6 +496,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="default: scaled to the table")
     p.add_argument(
         "--time-budget", type=float, metavar="SECONDS", help="train at most this long; the best model so far is kept"
+    )
+    p.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="K",
+        help="train a deep ensemble of K networks: outputs their mean and spread (see invert --max-uncertainty)",
     )
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--weight-decay", type=float)

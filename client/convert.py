@@ -169,7 +169,7 @@ def schema_from_proto(message: schema_pb2.FeatureSchema) -> FeatureSchema:
         )
         for item in message.inputs
     )
-    return FeatureSchema(inputs, tuple(OutputFeature(o.name) for o in message.outputs))
+    return FeatureSchema(inputs, tuple(OutputFeature(o.name, o.spread_of or None) for o in message.outputs))
 
 
 def model_info_from_proto(message: registry_pb2.ModelInfo) -> ModelInfo:
@@ -209,8 +209,17 @@ def _training_from_proto(t: registry_pb2.TrainingReport) -> TrainingReport:
         rows=int(t.rows),
         hidden_sizes=tuple(int(h) for h in t.hidden_sizes),
         batch_size=int(t.batch_size),
-        metrics=tuple(OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in t.metrics),
+        metrics=_metrics_from_proto(t.metrics),
         elapsed_seconds=float(t.elapsed_seconds),
+        ensemble=int(t.ensemble),
+    )
+
+
+def _metrics_from_proto(metrics: Any) -> tuple[OutputMetrics, ...]:
+    """``OutputMetrics`` (Train result) or ``ValidationMetrics`` (stored report) messages as dataclasses."""
+    return tuple(
+        OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95, m.spread_median, m.spread_p95)
+        for m in metrics
     )
 
 
@@ -265,9 +274,7 @@ def train_event_from_proto(message: inference_pb2.TrainResponse) -> TrainEvent |
         r = message.result
         return TrainResult(
             model=model_info_from_proto(r.model),
-            metrics=tuple(
-                OutputMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in r.metrics
-            ),
+            metrics=_metrics_from_proto(r.metrics),
             epochs_run=int(r.epochs_run),
             elapsed_seconds=float(r.elapsed_seconds),
             rows=int(r.rows),
@@ -284,6 +291,7 @@ def train_event_from_proto(message: inference_pb2.TrainResponse) -> TrainEvent |
             ),
             hidden_sizes=tuple(int(h) for h in r.hidden_sizes),
             batch_size=int(r.batch_size),
+            ensemble=int(r.ensemble),
         )
     return None
 

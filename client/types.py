@@ -175,9 +175,14 @@ class InputFeature:
 
 @dataclass(frozen=True)
 class OutputFeature:
-    """One model output."""
+    """One model output.
+
+    ``spread_of`` names the output whose spread (standard deviation across the members of a
+    deep ensemble) this one is; ``None`` for an ordinary output.
+    """
 
     name: str
+    spread_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +238,8 @@ class FeatureSchema:
         for i, item in enumerate(data.get("outputs", [])):
             if not isinstance(item, Mapping):
                 raise InvalidArgumentError(f"schema.outputs[{i}] must be an object", field="schema.outputs")
-            outputs.append(OutputFeature(str(item.get("name", f"y{i}"))))
+            spread_of = item.get("spread_of")
+            outputs.append(OutputFeature(str(item.get("name", f"y{i}")), None if spread_of is None else str(spread_of)))
         return cls(tuple(inputs), tuple(outputs))
 
     @classmethod
@@ -253,7 +259,10 @@ class FeatureSchema:
         """The schema JSON form."""
         return {
             "inputs": [f.to_dict() for f in self.inputs],
-            "outputs": [{"name": o.name} for o in self.outputs],
+            "outputs": [
+                {"name": o.name} if o.spread_of is None else {"name": o.name, "spread_of": o.spread_of}
+                for o in self.outputs
+            ],
         }
 
     @property
@@ -419,6 +428,8 @@ class TrainingReport:
     batch_size: int
     metrics: tuple[OutputMetrics, ...]
     elapsed_seconds: float
+    ensemble: int = 0
+    """Members of a deep ensemble (0 for one network); the metrics are then the mean's."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -564,6 +575,10 @@ class OutputMetrics:
     r2: float
     residual_std: float = 0.0
     residual_p95: float = 0.0
+    spread_median: float = 0.0
+    """Deep ensembles: median spread over the validation rows (0 for one network)."""
+    spread_p95: float = 0.0
+    """Deep ensembles: 95th percentile of the spread over the validation rows."""
 
 
 @dataclass(frozen=True)
@@ -591,6 +606,8 @@ class TrainResult:
     candidates: tuple[ModelCandidate, ...] = ()
     hidden_sizes: tuple[int, ...] = ()
     batch_size: int = 0
+    ensemble: int = 0
+    """Members of a deep ensemble (0 for one network); the metrics are then the mean's."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict tagged ``"event": "result"``."""
@@ -604,6 +621,7 @@ class TrainResult:
             "stop_reason": self.stop_reason,
             "hidden_sizes": list(self.hidden_sizes),
             "batch_size": self.batch_size,
+            "ensemble": self.ensemble,
             "candidates": [{**_fields(c), "hidden_sizes": list(c.hidden_sizes)} for c in self.candidates],
             "schema": self.model.schema.to_dict(),
         }

@@ -34,6 +34,10 @@ class ValidationMetrics:
     r2: float
     residual_std: float
     residual_p95: float
+    spread_median: float = 0.0
+    """Deep ensembles: median spread (std across members) over the validation rows; 0 otherwise."""
+    spread_p95: float = 0.0
+    """Deep ensembles: 95th percentile of the spread over the validation rows; 0 otherwise."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class TrainingReport:
     batch_size: int
     metrics: tuple[ValidationMetrics, ...]
     elapsed_seconds: float
+    ensemble: int = 0
+    """Members of a deep ensemble (0 for a single network); the metrics are then the mean's."""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
@@ -63,6 +69,7 @@ class TrainingReport:
             batch_size=int(data["batch_size"]),
             metrics=tuple(ValidationMetrics(**m) for m in data["metrics"]),
             elapsed_seconds=float(data["elapsed_seconds"]),
+            ensemble=int(data.get("ensemble", 0)),  # absent from reports stored before ensembles
         )
 
 

@@ -131,13 +131,23 @@ class InputFeature:
 
 @dataclass(frozen=True)
 class OutputFeature:
-    """One model output."""
+    """One model output.
+
+    Attributes:
+        name: Unique output name.
+        spread_of: For the spread output of a deep ensemble, the name of the output whose
+            spread (standard deviation across the members) it is; ``None`` for an ordinary output.
+    """
 
     name: str
+    spread_of: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form of this output."""
-        return {"name": self.name}
+        """The JSON form of this output (``spread_of`` only when set, so older readers see no change)."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.spread_of is not None:
+            out["spread_of"] = self.spread_of
+        return out
 
 
 @dataclass(frozen=True)
@@ -231,9 +241,9 @@ class FeatureSchema:
             raise SchemaError("'outputs' must be a list")
         outputs = []
         for i, item in enumerate(raw_outputs):
-            if not isinstance(item, Mapping) or set(item) - {"name"}:
-                raise SchemaError(f"outputs[{i}] must be an object with a 'name'")
-            outputs.append(OutputFeature(name=item.get("name", f"y{i}")))
+            if not isinstance(item, Mapping) or set(item) - {"name", "spread_of"}:
+                raise SchemaError(f"outputs[{i}] must be an object with a 'name' (and optionally 'spread_of')")
+            outputs.append(OutputFeature(name=item.get("name", f"y{i}"), spread_of=item.get("spread_of")))
         return cls(inputs=tuple(inputs), outputs=tuple(outputs)).validated()
 
     @classmethod
@@ -276,6 +286,18 @@ class FeatureSchema:
                 raise SchemaError(f"outputs[{i}]: name {name!r} must match {_NAME.pattern}")
         if len(set(out_names)) != len(out_names):
             raise SchemaError("output names must be unique")
+        spread_names = [o.name for o in self.outputs if o.spread_of is not None]
+        for i, output in enumerate(self.outputs):
+            if output.spread_of is None:
+                continue
+            if output.spread_of not in out_names or output.spread_of in spread_names:
+                raise SchemaError(
+                    f"outputs[{i}] ({output.name}): spread_of {output.spread_of!r} must name an output "
+                    "that is not itself a spread"
+                )
+        spread_of = [o.spread_of for o in self.outputs if o.spread_of is not None]
+        if len(set(spread_of)) != len(spread_of):
+            raise SchemaError("each output has at most one spread output")
         return self
 
     def fit(self, input_width: int, output_width: int) -> FeatureSchema:
@@ -340,6 +362,11 @@ class FeatureSchema:
     def output_width(self) -> int:
         """Number of outputs named by the schema."""
         return len(self.outputs)
+
+    @property
+    def spread_columns(self) -> tuple[int, ...]:
+        """Indices of the spread outputs (``spread_of`` set), in output order; empty for most models."""
+        return tuple(j for j, output in enumerate(self.outputs) if output.spread_of is not None)
 
     @property
     def columns(self) -> tuple[Column, ...]:

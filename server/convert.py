@@ -210,7 +210,7 @@ def schema_from_proto(schema: schema_pb2.FeatureSchema, field: str = "schema") -
                 levels=tuple(feature.levels),
             )
         )
-    outputs = tuple(OutputFeature(name=o.name) for o in schema.outputs)
+    outputs = tuple(OutputFeature(name=o.name, spread_of=o.spread_of or None) for o in schema.outputs)
     return FeatureSchema(inputs=tuple(inputs), outputs=outputs).validated()
 
 
@@ -224,7 +224,7 @@ def schema_to_proto(schema: FeatureSchema) -> schema_pb2.FeatureSchema:
         if feature.max is not None:
             item.max = feature.max
     for output in schema.outputs:
-        message.outputs.add(name=output.name)
+        message.outputs.add(name=output.name, spread_of=output.spread_of or "")
     return message
 
 
@@ -280,6 +280,7 @@ def model_info_to_proto(record: Any) -> registry_pb2.ModelInfo:
                 batch_size=training.batch_size,
                 metrics=[registry_pb2.ValidationMetrics(**asdict(m)) for m in training.metrics],
                 elapsed_seconds=training.elapsed_seconds,
+                ensemble=training.ensemble,
             )
         )
     return info
@@ -369,6 +370,7 @@ def invert_request_to_spec(
         max_seconds=request.budget.max_seconds or None,
         max_passes=request.budget.max_passes or None,
         batch_size=request.batch_size or batch_size,
+        max_uncertainty=request.max_uncertainty if request.HasField("max_uncertainty") else None,
     )
     return spec, tuple(bounds), tuple(fixed)
 
@@ -458,6 +460,7 @@ def train_config_to_spec(config: inference_pb2.TrainConfig, *, max_seconds: floa
         seed=config.seed if config.HasField("seed") else None,
         feature_overrides=tuple(overrides),
         max_seconds=min(config.time_budget, max_seconds) if config.HasField("time_budget") else max_seconds,
+        ensemble=config.ensemble,
     )
 
 
@@ -508,9 +511,13 @@ def training_report(trained: TrainedModel) -> TrainingReport:
         hidden_sizes=trained.hidden_sizes,
         batch_size=trained.batch_size,
         metrics=tuple(
-            ValidationMetrics(m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95) for m in trained.metrics
+            ValidationMetrics(
+                m.output, m.mse, m.mae, m.r2, m.residual_std, m.residual_p95, m.spread_median, m.spread_p95
+            )
+            for m in trained.metrics
         ),
         elapsed_seconds=trained.elapsed_seconds,
+        ensemble=trained.ensemble,
     )
 
 
@@ -527,6 +534,8 @@ def train_result_to_proto(trained: TrainedModel, record: Any) -> inference_pb2.T
                     r2=m.r2,
                     residual_std=m.residual_std,
                     residual_p95=m.residual_p95,
+                    spread_median=m.spread_median,
+                    spread_p95=m.spread_p95,
                 )
                 for m in trained.metrics
             ],
@@ -546,6 +555,7 @@ def train_result_to_proto(trained: TrainedModel, record: Any) -> inference_pb2.T
             ],
             hidden_sizes=trained.hidden_sizes,
             batch_size=trained.batch_size,
+            ensemble=trained.ensemble,
         )
     )
 

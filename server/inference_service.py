@@ -96,6 +96,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 spec.in_distribution_weight,
                 bounds,
                 fixed,
+                spec.max_uncertainty,
             )
             shared = await self.runtime.shared_runs.get(key, loaded, space, spec)
             remaining = context.time_remaining()
@@ -120,6 +121,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                     statistics=loaded.statistics,
                     stop=stop,
                     pilots=self.runtime.pilots,
+                    spreads=loaded.schema.spread_columns,
                 )
                 while (event := await self.runtime.run(next, events, _END)) is not _END:
                     if isinstance(event, PatternBatch):

@@ -7,7 +7,7 @@ patterns; together they are one stream of exact draws from the same distribution
 ``invert_shared_max_count`` patterns, a space too large to enumerate) does not start a
 run of its own: it joins the :class:`SharedRun` of its key — the model version and every
 field of the request that shapes the distribution (targets, tolerance, bounds, fixed
-features, prior, in-distribution weight) — and takes the next patterns off its reservoir.
+features, prior, in-distribution weight, max uncertainty) — and takes the next patterns off its reservoir.
 
 Why the result does not depend on who else is running: the shared run is an ordinary
 engine run (:func:`~preimage.server.engine.invert`) with its own seed, whose patterns are
@@ -250,6 +250,7 @@ class SharedRun:
             statistics=self.loaded.statistics,
             stop=self._stop,
             pilots=self.runtime.pilots,
+            spreads=self.loaded.schema.spread_columns,
         )
 
     async def _pump_loop(self) -> None:

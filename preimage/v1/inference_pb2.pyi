@@ -226,7 +226,10 @@ class PredictResponse(_message.Message):
 
     @_builtins.property
     def outputs(self) -> _tensor_pb2.Matrix:
-        """Rows x output_width outputs."""
+        """Rows x output_width outputs, in the schema's output order. A deep
+        ensemble (schema outputs with `spread_of`) answers its m mean outputs
+        first, then the m spread outputs (standard deviation across the members).
+        """
 
     def __init__(
         self,
@@ -407,6 +410,7 @@ class InvertRequest(_message.Message):
     IN_DISTRIBUTION_WEIGHT_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_UNCERTAINTY_FIELD_NUMBER: _builtins.int
     RAW_OUTPUTS_FIELD_NUMBER: _builtins.int
     model_ref: _builtins.str
     """`NAME`, `NAME:VERSION` or `NAME@ALIAS`."""
@@ -428,13 +432,22 @@ class InvertRequest(_message.Message):
     """
     batch_size: _builtins.int
     """Most patterns per streamed message; 0 lets the server choose."""
+    max_uncertainty: _builtins.float
+    """Largest spread (standard deviation across the members of a deep ensemble)
+    any returned pattern may have on every spread output, in the outputs' raw
+    units: patterns then lie where the members agree. Needs a model with spread
+    outputs (Train with `ensemble` >= 2) and a positive finite number; the
+    PatternBatch outputs then hold the spreads after the means.
+    """
     raw_outputs: _builtins.bool
     """Answer with `Matrix.raw` (little-endian float32 bytes) instead of packed
     `values` in every PatternBatch.
     """
     @_builtins.property
     def targets(self) -> _containers.RepeatedCompositeFieldContainer[Global___Target]:
-        """One target per model output."""
+        """One target per model output, spread outputs (schema `spread_of`) excepted:
+        a deep ensemble takes targets for its m mean outputs only.
+        """
 
     @_builtins.property
     def bounds(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureBounds]:
@@ -464,16 +477,21 @@ class InvertRequest(_message.Message):
         in_distribution_weight: _builtins.float = ...,
         budget: Global___InvertBudget | None = ...,
         batch_size: _builtins.int = ...,
+        max_uncertainty: _builtins.float | None = ...,
         raw_outputs: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_tolerance", b"_tolerance", "budget", b"budget", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_uncertainty", b"_max_uncertainty", "_seed", b"_seed", "_tolerance", b"_tolerance", "budget", b"budget", "max_uncertainty", b"max_uncertainty", "seed", b"seed", "tolerance", b"tolerance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_tolerance", b"_tolerance", "batch_size", b"batch_size", "bounds", b"bounds", "budget", b"budget", "count", b"count", "fixed_features", b"fixed_features", "in_distribution_weight", b"in_distribution_weight", "min_distance", b"min_distance", "mode", b"mode", "model_ref", b"model_ref", "prior", b"prior", "raw_outputs", b"raw_outputs", "seed", b"seed", "targets", b"targets", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_uncertainty", b"_max_uncertainty", "_seed", b"_seed", "_tolerance", b"_tolerance", "batch_size", b"batch_size", "bounds", b"bounds", "budget", b"budget", "count", b"count", "fixed_features", b"fixed_features", "in_distribution_weight", b"in_distribution_weight", "max_uncertainty", b"max_uncertainty", "min_distance", b"min_distance", "mode", b"mode", "model_ref", b"model_ref", "prior", b"prior", "raw_outputs", b"raw_outputs", "seed", b"seed", "targets", b"targets", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_uncertainty: _TypeAlias = _typing.Literal["max_uncertainty"]  # noqa: Y015
+    _WhichOneofArgType__max_uncertainty: _TypeAlias = _typing.Literal["_max_uncertainty", b"_max_uncertainty"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__tolerance: _TypeAlias = _typing.Literal["tolerance"]  # noqa: Y015
     _WhichOneofArgType__tolerance: _TypeAlias = _typing.Literal["_tolerance", b"_tolerance"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_uncertainty) -> _WhichOneofReturnType__max_uncertainty | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
@@ -496,12 +514,16 @@ class PatternBatch(_message.Message):
 
     @_builtins.property
     def outputs(self) -> _tensor_pb2.Matrix:
-        """k x output_width outputs the model gives for them."""
+        """k x w outputs the model gives for them: every output (w = output_width),
+        except that a model with spread outputs gives its m mean outputs only, or
+        the means then the spreads (w = 2m) when `max_uncertainty` is set.
+        """
 
     @_builtins.property
     def errors(self) -> _tensor_pb2.Matrix:
-        """k x output_width distances from each output to its target (|f - y| for a
-        value target, distance to the interval for a range, 0 inside it).
+        """k x w distances from each output to its target (|f - y| for a value
+        target, distance to the interval for a range, 0 inside it; a spread's
+        target is [-max_uncertainty, max_uncertainty], so 0 for every pattern).
         """
 
     def __init__(
@@ -668,6 +690,7 @@ class TrainConfig(_message.Message):
     FEATURE_OVERRIDES_FIELD_NUMBER: _builtins.int
     TOTAL_ROWS_FIELD_NUMBER: _builtins.int
     TIME_BUDGET_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name to register the model under."""
     activation: Global___Activation.ValueType
@@ -693,6 +716,13 @@ class TrainConfig(_message.Message):
     time_budget: _builtins.float
     """Wall-clock budget of the training in seconds; unset means the server's cap.
     When it runs out the best weights so far are registered (stop reason TIME_BUDGET).
+    """
+    ensemble: _builtins.int
+    """Members of a deep ensemble; 0 or 1 = a single network. With k >= 2 the
+    network is chosen first (the search, or hidden_sizes), then k networks of
+    it are fitted from different seeds and exported as one graph whose output
+    holds the m member means, then the m spreads (standard deviation across the
+    members), the spreads declared in the schema by `OutputFeature.spread_of`.
     """
     @_builtins.property
     def feature_columns(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -735,10 +765,11 @@ class TrainConfig(_message.Message):
         feature_overrides: _abc.Iterable[_schema_pb2.InputFeature] | None = ...,
         total_rows: _builtins.int = ...,
         time_budget: _builtins.float | None = ...,
+        ensemble: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_time_budget", b"_time_budget", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "learning_rate", b"learning_rate", "seed", b"seed", "time_budget", b"time_budget", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_time_budget", b"_time_budget", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "activation", b"activation", "batch_size", b"batch_size", "categorical_columns", b"categorical_columns", "epochs", b"epochs", "feature_columns", b"feature_columns", "feature_overrides", b"feature_overrides", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "name", b"name", "patience", b"patience", "seed", b"seed", "target_columns", b"target_columns", "time_budget", b"time_budget", "total_rows", b"total_rows", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate", "_seed", b"_seed", "_time_budget", b"_time_budget", "_validation_fraction", b"_validation_fraction", "_weight_decay", b"_weight_decay", "activation", b"activation", "batch_size", b"batch_size", "categorical_columns", b"categorical_columns", "ensemble", b"ensemble", "epochs", b"epochs", "feature_columns", b"feature_columns", "feature_overrides", b"feature_overrides", "hidden_sizes", b"hidden_sizes", "learning_rate", b"learning_rate", "name", b"name", "patience", b"patience", "seed", b"seed", "target_columns", b"target_columns", "time_budget", b"time_budget", "total_rows", b"total_rows", "validation_fraction", b"validation_fraction", "weight_decay", b"weight_decay"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__learning_rate: _TypeAlias = _typing.Literal["learning_rate"]  # noqa: Y015
     _WhichOneofArgType__learning_rate: _TypeAlias = _typing.Literal["_learning_rate", b"_learning_rate"]  # noqa: Y015
@@ -884,9 +915,11 @@ class TrainProgress(_message.Message):
     best_validation_loss: _builtins.float
     """Best validation loss so far (of this candidate network)."""
     candidate: _builtins.int
-    """Which network of the search this epoch belongs to (0-based); epochs count per candidate."""
+    """Which network of the search this epoch belongs to (0-based); epochs count per candidate.
+    With `ensemble` k >= 2 the k - 1 further members follow the search's networks.
+    """
     candidates: _builtins.int
-    """Networks in the search (1 when hidden_sizes was given)."""
+    """Networks fitted: the search's (1 when hidden_sizes was given) plus k - 1 ensemble members."""
     learning_rate: _builtins.float
     """Learning rate of the epoch's last step."""
     def __init__(
@@ -923,6 +956,8 @@ class OutputMetrics(_message.Message):
     R2_FIELD_NUMBER: _builtins.int
     RESIDUAL_STD_FIELD_NUMBER: _builtins.int
     RESIDUAL_P95_FIELD_NUMBER: _builtins.int
+    SPREAD_MEDIAN_FIELD_NUMBER: _builtins.int
+    SPREAD_P95_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """Output name."""
     mse: _builtins.float
@@ -935,6 +970,10 @@ class OutputMetrics(_message.Message):
     """Standard deviation of prediction - target."""
     residual_p95: _builtins.float
     """95th percentile of |prediction - target|."""
+    spread_median: _builtins.float
+    """Deep ensembles: median of the output's spread over the validation rows (0 otherwise)."""
+    spread_p95: _builtins.float
+    """Deep ensembles: 95th percentile of the output's spread over the validation rows."""
     def __init__(
         self,
         *,
@@ -944,10 +983,12 @@ class OutputMetrics(_message.Message):
         r2: _builtins.float = ...,
         residual_std: _builtins.float = ...,
         residual_p95: _builtins.float = ...,
+        spread_median: _builtins.float = ...,
+        spread_p95: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std", "spread_median", b"spread_median", "spread_p95", b"spread_p95"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1034,6 +1075,7 @@ class TrainResult(_message.Message):
     CANDIDATES_FIELD_NUMBER: _builtins.int
     HIDDEN_SIZES_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_FIELD_NUMBER: _builtins.int
     epochs_run: _builtins.int
     """Epochs actually run."""
     elapsed_seconds: _builtins.float
@@ -1044,6 +1086,11 @@ class TrainResult(_message.Message):
     """Why training of the registered network ended."""
     batch_size: _builtins.int
     """Mini-batch size used."""
+    ensemble: _builtins.int
+    """Members of the registered deep ensemble (0 for a single network). The
+    metrics are then those of the members' mean; epochs_run and stop_reason
+    are the first member's.
+    """
     @_builtins.property
     def model(self) -> _registry_pb2.ModelInfo:
         """The registered model."""
@@ -1072,10 +1119,11 @@ class TrainResult(_message.Message):
         candidates: _abc.Iterable[Global___ModelCandidate] | None = ...,
         hidden_sizes: _abc.Iterable[_builtins.int] | None = ...,
         batch_size: _builtins.int = ...,
+        ensemble: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "candidates", b"candidates", "elapsed_seconds", b"elapsed_seconds", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "model", b"model", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "candidates", b"candidates", "elapsed_seconds", b"elapsed_seconds", "ensemble", b"ensemble", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "model", b"model", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

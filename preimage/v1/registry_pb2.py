@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from preimage.v1 import schema_pb2 as preimage_dot_v1_dot_schema__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apreimage/v1/registry.proto\x12\x0bpreimage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18preimage/v1/schema.proto\"\xa7\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0binput_width\x18\x07 \x01(\r\x12\x14\n\x0coutput_width\x18\x08 \x01(\r\x12*\n\x06schema\x18\t \x01(\x0b\x32\x1a.preimage.v1.FeatureSchema\x12(\n\x06source\x18\n \x01(\x0e\x32\x18.preimage.v1.ModelSource\x12\x34\n\nstatistics\x18\x0b \x01(\x0b\x32\x1b.preimage.v1.DataStatisticsH\x00\x88\x01\x01\x12\x0e\n\x06latest\x18\x0c \x01(\x08\x12\x32\n\x08training\x18\r \x01(\x0b\x32\x1b.preimage.v1.TrainingReportH\x01\x88\x01\x01\x42\r\n\x0b_statisticsB\x0b\n\t_training\"\xbb\x01\n\x0eTrainingReport\x12\x13\n\x0bstop_reason\x18\x01 \x01(\t\x12\x12\n\nepochs_run\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x14\n\x0chidden_sizes\x18\x04 \x03(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12/\n\x07metrics\x18\x06 \x03(\x0b\x32\x1e.preimage.v1.ValidationMetrics\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\"u\n\x11ValidationMetrics\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x0b\n\x03mse\x18\x02 \x01(\x01\x12\x0b\n\x03mae\x18\x03 \x01(\x01\x12\n\n\x02r2\x18\x04 \x01(\x01\x12\x14\n\x0cresidual_std\x18\x05 \x01(\x01\x12\x14\n\x0cresidual_p95\x18\x06 \x01(\x01\"\x9c\x02\n\x13RegisterModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x06schema\x18\x02 \x01(\x0b\x32\x1a.preimage.v1.FeatureSchemaH\x00\x88\x01\x01\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x34\n\nstatistics\x18\x05 \x01(\x0b\x32\x1b.preimage.v1.DataStatisticsH\x01\x88\x01\x01\x12\x18\n\x0b\x64\x65\x66\x61ult_min\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65\x66\x61ult_max\x18\x07 \x01(\x01H\x03\x88\x01\x01\x42\t\n\x07_schemaB\r\n\x0b_statisticsB\x0e\n\x0c_default_minB\x0e\n\x0c_default_max\"f\n\x14RegisterModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .preimage.v1.RegisterModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\">\n\x15RegisterModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"7\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.preimage.v1.ModelInfo\"$\n\x0fGetModelRequest\x12\x11\n\tmodel_ref\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"=\n\x12\x44\x65leteModelRequest\x12\x11\n\tmodel_ref\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\">\n\x13\x44\x65leteModelResponse\x12\'\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x16.preimage.v1.ModelInfo\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"9\n\x10SetAliasResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse*t\n\x0bModelSource\x12\x1c\n\x18MODEL_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_SOURCE_UPLOAD\x10\x01\x12\x16\n\x12MODEL_SOURCE_TRAIN\x10\x02\x12\x16\n\x12MODEL_SOURCE_WATCH\x10\x03\x32\xf0\x03\n\x0fRegistryService\x12X\n\rRegisterModel\x12!.preimage.v1.RegisterModelRequest\x1a\".preimage.v1.RegisterModelResponse(\x01\x12M\n\nListModels\x12\x1e.preimage.v1.ListModelsRequest\x1a\x1f.preimage.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.preimage.v1.GetModelRequest\x1a\x1d.preimage.v1.GetModelResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.preimage.v1.DeleteModelRequest\x1a .preimage.v1.DeleteModelResponse\x12G\n\x08SetAlias\x12\x1c.preimage.v1.SetAliasRequest\x1a\x1d.preimage.v1.SetAliasResponse\x12P\n\x0b\x44\x65leteAlias\x12\x1f.preimage.v1.DeleteAliasRequest\x1a .preimage.v1.DeleteAliasResponseBp\n\x0f\x64\x65v.preimage.v1B\rRegistryProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1apreimage/v1/registry.proto\x12\x0bpreimage.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18preimage/v1/schema.proto\"\xa7\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x12\n\nsize_bytes\x18\x05 \x01(\x04\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0binput_width\x18\x07 \x01(\r\x12\x14\n\x0coutput_width\x18\x08 \x01(\r\x12*\n\x06schema\x18\t \x01(\x0b\x32\x1a.preimage.v1.FeatureSchema\x12(\n\x06source\x18\n \x01(\x0e\x32\x18.preimage.v1.ModelSource\x12\x34\n\nstatistics\x18\x0b \x01(\x0b\x32\x1b.preimage.v1.DataStatisticsH\x00\x88\x01\x01\x12\x0e\n\x06latest\x18\x0c \x01(\x08\x12\x32\n\x08training\x18\r \x01(\x0b\x32\x1b.preimage.v1.TrainingReportH\x01\x88\x01\x01\x42\r\n\x0b_statisticsB\x0b\n\t_training\"\xcd\x01\n\x0eTrainingReport\x12\x13\n\x0bstop_reason\x18\x01 \x01(\t\x12\x12\n\nepochs_run\x18\x02 \x01(\r\x12\x0c\n\x04rows\x18\x03 \x01(\x04\x12\x14\n\x0chidden_sizes\x18\x04 \x03(\r\x12\x12\n\nbatch_size\x18\x05 \x01(\r\x12/\n\x07metrics\x18\x06 \x03(\x0b\x32\x1e.preimage.v1.ValidationMetrics\x12\x17\n\x0f\x65lapsed_seconds\x18\x07 \x01(\x01\x12\x10\n\x08\x65nsemble\x18\x08 \x01(\r\"\xa0\x01\n\x11ValidationMetrics\x12\x0e\n\x06output\x18\x01 \x01(\t\x12\x0b\n\x03mse\x18\x02 \x01(\x01\x12\x0b\n\x03mae\x18\x03 \x01(\x01\x12\n\n\x02r2\x18\x04 \x01(\x01\x12\x14\n\x0cresidual_std\x18\x05 \x01(\x01\x12\x14\n\x0cresidual_p95\x18\x06 \x01(\x01\x12\x15\n\rspread_median\x18\x07 \x01(\x01\x12\x12\n\nspread_p95\x18\x08 \x01(\x01\"\x9c\x02\n\x13RegisterModelHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12/\n\x06schema\x18\x02 \x01(\x0b\x32\x1a.preimage.v1.FeatureSchemaH\x00\x88\x01\x01\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x34\n\nstatistics\x18\x05 \x01(\x0b\x32\x1b.preimage.v1.DataStatisticsH\x01\x88\x01\x01\x12\x18\n\x0b\x64\x65\x66\x61ult_min\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65\x66\x61ult_max\x18\x07 \x01(\x01H\x03\x88\x01\x01\x42\t\n\x07_schemaB\r\n\x0b_statisticsB\x0e\n\x0c_default_minB\x0e\n\x0c_default_max\"f\n\x14RegisterModelRequest\x12\x32\n\x06header\x18\x01 \x01(\x0b\x32 .preimage.v1.RegisterModelHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\">\n\x15RegisterModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"7\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.preimage.v1.ModelInfo\"$\n\x0fGetModelRequest\x12\x11\n\tmodel_ref\x18\x01 \x01(\t\"9\n\x10GetModelResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"=\n\x12\x44\x65leteModelRequest\x12\x11\n\tmodel_ref\x18\x01 \x01(\t\x12\x14\n\x0c\x61ll_versions\x18\x02 \x01(\x08\">\n\x13\x44\x65leteModelResponse\x12\'\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x16.preimage.v1.ModelInfo\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"9\n\x10SetAliasResponse\x12%\n\x05model\x18\x01 \x01(\x0b\x32\x16.preimage.v1.ModelInfo\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse*t\n\x0bModelSource\x12\x1c\n\x18MODEL_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_SOURCE_UPLOAD\x10\x01\x12\x16\n\x12MODEL_SOURCE_TRAIN\x10\x02\x12\x16\n\x12MODEL_SOURCE_WATCH\x10\x03\x32\xf0\x03\n\x0fRegistryService\x12X\n\rRegisterModel\x12!.preimage.v1.RegisterModelRequest\x1a\".preimage.v1.RegisterModelResponse(\x01\x12M\n\nListModels\x12\x1e.preimage.v1.ListModelsRequest\x1a\x1f.preimage.v1.ListModelsResponse\x12G\n\x08GetModel\x12\x1c.preimage.v1.GetModelRequest\x1a\x1d.preimage.v1.GetModelResponse\x12P\n\x0b\x44\x65leteModel\x12\x1f.preimage.v1.DeleteModelRequest\x1a .preimage.v1.DeleteModelResponse\x12G\n\x08SetAlias\x12\x1c.preimage.v1.SetAliasRequest\x1a\x1d.preimage.v1.SetAliasResponse\x12P\n\x0b\x44\x65leteAlias\x12\x1f.preimage.v1.DeleteAliasRequest\x1a .preimage.v1.DeleteAliasResponseBp\n\x0f\x64\x65v.preimage.v1B\rRegistryProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,40 +34,40 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'preimage.v1.registry_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.preimage.v1B\rRegistryProtoP\001Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\252\002\013Preimage.V1'
-  _globals['_MODELSOURCE']._serialized_start=1833
-  _globals['_MODELSOURCE']._serialized_end=1949
+  _globals['_MODELSOURCE']._serialized_start=1895
+  _globals['_MODELSOURCE']._serialized_end=2011
   _globals['_MODELINFO']._serialized_start=103
   _globals['_MODELINFO']._serialized_end=526
   _globals['_TRAININGREPORT']._serialized_start=529
-  _globals['_TRAININGREPORT']._serialized_end=716
-  _globals['_VALIDATIONMETRICS']._serialized_start=718
-  _globals['_VALIDATIONMETRICS']._serialized_end=835
-  _globals['_REGISTERMODELHEADER']._serialized_start=838
-  _globals['_REGISTERMODELHEADER']._serialized_end=1122
-  _globals['_REGISTERMODELREQUEST']._serialized_start=1124
-  _globals['_REGISTERMODELREQUEST']._serialized_end=1226
-  _globals['_REGISTERMODELRESPONSE']._serialized_start=1228
-  _globals['_REGISTERMODELRESPONSE']._serialized_end=1290
-  _globals['_LISTMODELSREQUEST']._serialized_start=1292
-  _globals['_LISTMODELSREQUEST']._serialized_end=1347
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1349
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1409
-  _globals['_GETMODELREQUEST']._serialized_start=1411
-  _globals['_GETMODELREQUEST']._serialized_end=1447
-  _globals['_GETMODELRESPONSE']._serialized_start=1449
-  _globals['_GETMODELRESPONSE']._serialized_end=1506
-  _globals['_DELETEMODELREQUEST']._serialized_start=1508
-  _globals['_DELETEMODELREQUEST']._serialized_end=1569
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1571
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1633
-  _globals['_SETALIASREQUEST']._serialized_start=1635
-  _globals['_SETALIASREQUEST']._serialized_end=1698
-  _globals['_SETALIASRESPONSE']._serialized_start=1700
-  _globals['_SETALIASRESPONSE']._serialized_end=1757
-  _globals['_DELETEALIASREQUEST']._serialized_start=1759
-  _globals['_DELETEALIASREQUEST']._serialized_end=1808
-  _globals['_DELETEALIASRESPONSE']._serialized_start=1810
-  _globals['_DELETEALIASRESPONSE']._serialized_end=1831
-  _globals['_REGISTRYSERVICE']._serialized_start=1952
-  _globals['_REGISTRYSERVICE']._serialized_end=2448
+  _globals['_TRAININGREPORT']._serialized_end=734
+  _globals['_VALIDATIONMETRICS']._serialized_start=737
+  _globals['_VALIDATIONMETRICS']._serialized_end=897
+  _globals['_REGISTERMODELHEADER']._serialized_start=900
+  _globals['_REGISTERMODELHEADER']._serialized_end=1184
+  _globals['_REGISTERMODELREQUEST']._serialized_start=1186
+  _globals['_REGISTERMODELREQUEST']._serialized_end=1288
+  _globals['_REGISTERMODELRESPONSE']._serialized_start=1290
+  _globals['_REGISTERMODELRESPONSE']._serialized_end=1352
+  _globals['_LISTMODELSREQUEST']._serialized_start=1354
+  _globals['_LISTMODELSREQUEST']._serialized_end=1409
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1411
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1471
+  _globals['_GETMODELREQUEST']._serialized_start=1473
+  _globals['_GETMODELREQUEST']._serialized_end=1509
+  _globals['_GETMODELRESPONSE']._serialized_start=1511
+  _globals['_GETMODELRESPONSE']._serialized_end=1568
+  _globals['_DELETEMODELREQUEST']._serialized_start=1570
+  _globals['_DELETEMODELREQUEST']._serialized_end=1631
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1633
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1695
+  _globals['_SETALIASREQUEST']._serialized_start=1697
+  _globals['_SETALIASREQUEST']._serialized_end=1760
+  _globals['_SETALIASRESPONSE']._serialized_start=1762
+  _globals['_SETALIASRESPONSE']._serialized_end=1819
+  _globals['_DELETEALIASREQUEST']._serialized_start=1821
+  _globals['_DELETEALIASREQUEST']._serialized_end=1870
+  _globals['_DELETEALIASRESPONSE']._serialized_start=1872
+  _globals['_DELETEALIASRESPONSE']._serialized_end=1893
+  _globals['_REGISTRYSERVICE']._serialized_start=2014
+  _globals['_REGISTRYSERVICE']._serialized_end=2510
 # @@protoc_insertion_point(module_scope)

@@ -149,6 +149,7 @@ class TrainingReport(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
     ELAPSED_SECONDS_FIELD_NUMBER: _builtins.int
+    ENSEMBLE_FIELD_NUMBER: _builtins.int
     stop_reason: _builtins.str
     """Why training ended: "converged", "max_epochs", "time_budget" or "diverged"."""
     epochs_run: _builtins.int
@@ -159,6 +160,8 @@ class TrainingReport(_message.Message):
     """Mini-batch size used."""
     elapsed_seconds: _builtins.float
     """Seconds Train spent."""
+    ensemble: _builtins.int
+    """Members of a deep ensemble (0 for a single network); the metrics are the mean's."""
     @_builtins.property
     def hidden_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Hidden layer sizes of the registered network."""
@@ -177,10 +180,11 @@ class TrainingReport(_message.Message):
         batch_size: _builtins.int = ...,
         metrics: _abc.Iterable[Global___ValidationMetrics] | None = ...,
         elapsed_seconds: _builtins.float = ...,
+        ensemble: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "elapsed_seconds", b"elapsed_seconds", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "elapsed_seconds", b"elapsed_seconds", "ensemble", b"ensemble", "epochs_run", b"epochs_run", "hidden_sizes", b"hidden_sizes", "metrics", b"metrics", "rows", b"rows", "stop_reason", b"stop_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,6 +202,8 @@ class ValidationMetrics(_message.Message):
     R2_FIELD_NUMBER: _builtins.int
     RESIDUAL_STD_FIELD_NUMBER: _builtins.int
     RESIDUAL_P95_FIELD_NUMBER: _builtins.int
+    SPREAD_MEDIAN_FIELD_NUMBER: _builtins.int
+    SPREAD_P95_FIELD_NUMBER: _builtins.int
     output: _builtins.str
     """Output name."""
     mse: _builtins.float
@@ -210,6 +216,10 @@ class ValidationMetrics(_message.Message):
     """Standard deviation of prediction - target."""
     residual_p95: _builtins.float
     """95th percentile of |prediction - target|."""
+    spread_median: _builtins.float
+    """Deep ensembles: median of the output's spread over the validation rows (0 otherwise)."""
+    spread_p95: _builtins.float
+    """Deep ensembles: 95th percentile of the output's spread over the validation rows."""
     def __init__(
         self,
         *,
@@ -219,10 +229,12 @@ class ValidationMetrics(_message.Message):
         r2: _builtins.float = ...,
         residual_std: _builtins.float = ...,
         residual_p95: _builtins.float = ...,
+        spread_median: _builtins.float = ...,
+        spread_p95: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mae", b"mae", "mse", b"mse", "output", b"output", "r2", b"r2", "residual_p95", b"residual_p95", "residual_std", b"residual_std", "spread_median", b"spread_median", "spread_p95", b"spread_p95"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

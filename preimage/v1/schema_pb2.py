@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preimage/v1/schema.proto\x12\x0bpreimage.v1\"\x88\x01\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.preimage.v1.FeatureKind\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06levels\x18\x05 \x03(\tB\x06\n\x04_minB\x06\n\x04_max\"\x1d\n\rOutputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\"g\n\rFeatureSchema\x12)\n\x06inputs\x18\x01 \x03(\x0b\x32\x19.preimage.v1.InputFeature\x12+\n\x07outputs\x18\x02 \x03(\x0b\x32\x1a.preimage.v1.OutputFeature\"l\n\x0e\x44\x61taStatistics\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\x12\n\ncovariance\x18\x03 \x03(\x01\x12\x17\n\x0fquantile_levels\x18\x04 \x03(\x01\x12\x11\n\tquantiles\x18\x05 \x03(\x01*\x99\x01\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x45\x41TURE_KIND_CONTINUOUS\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_KIND_INTEGER\x10\x02\x12\x17\n\x13\x46\x45\x41TURE_KIND_BINARY\x10\x03\x12\x1c\n\x18\x46\x45\x41TURE_KIND_CATEGORICAL\x10\x04\x42n\n\x0f\x64\x65v.preimage.v1B\x0bSchemaProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18preimage/v1/schema.proto\x12\x0bpreimage.v1\"\x88\x01\n\x0cInputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.preimage.v1.FeatureKind\x12\x10\n\x03min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06levels\x18\x05 \x03(\tB\x06\n\x04_minB\x06\n\x04_max\"0\n\rOutputFeature\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tspread_of\x18\x02 \x01(\t\"g\n\rFeatureSchema\x12)\n\x06inputs\x18\x01 \x03(\x0b\x32\x19.preimage.v1.InputFeature\x12+\n\x07outputs\x18\x02 \x03(\x0b\x32\x1a.preimage.v1.OutputFeature\"l\n\x0e\x44\x61taStatistics\x12\x0c\n\x04rows\x18\x01 \x01(\x04\x12\x0c\n\x04mean\x18\x02 \x03(\x01\x12\x12\n\ncovariance\x18\x03 \x03(\x01\x12\x17\n\x0fquantile_levels\x18\x04 \x03(\x01\x12\x11\n\tquantiles\x18\x05 \x03(\x01*\x99\x01\n\x0b\x46\x65\x61tureKind\x12\x1c\n\x18\x46\x45\x41TURE_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x46\x45\x41TURE_KIND_CONTINUOUS\x10\x01\x12\x18\n\x14\x46\x45\x41TURE_KIND_INTEGER\x10\x02\x12\x17\n\x13\x46\x45\x41TURE_KIND_BINARY\x10\x03\x12\x1c\n\x18\x46\x45\x41TURE_KIND_CATEGORICAL\x10\x04\x42n\n\x0f\x64\x65v.preimage.v1B\x0bSchemaProtoP\x01Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\xaa\x02\x0bPreimage.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,14 +32,14 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'preimage.v1.schema_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.preimage.v1B\013SchemaProtoP\001Z>github.com/preimage-dev/preimage/gen/go/preimage/v1;preimagev1\252\002\013Preimage.V1'
-  _globals['_FEATUREKIND']._serialized_start=427
-  _globals['_FEATUREKIND']._serialized_end=580
+  _globals['_FEATUREKIND']._serialized_start=446
+  _globals['_FEATUREKIND']._serialized_end=599
   _globals['_INPUTFEATURE']._serialized_start=42
   _globals['_INPUTFEATURE']._serialized_end=178
   _globals['_OUTPUTFEATURE']._serialized_start=180
-  _globals['_OUTPUTFEATURE']._serialized_end=209
-  _globals['_FEATURESCHEMA']._serialized_start=211
-  _globals['_FEATURESCHEMA']._serialized_end=314
-  _globals['_DATASTATISTICS']._serialized_start=316
-  _globals['_DATASTATISTICS']._serialized_end=424
+  _globals['_OUTPUTFEATURE']._serialized_end=228
+  _globals['_FEATURESCHEMA']._serialized_start=230
+  _globals['_FEATURESCHEMA']._serialized_end=333
+  _globals['_DATASTATISTICS']._serialized_start=335
+  _globals['_DATASTATISTICS']._serialized_end=443
 # @@protoc_insertion_point(module_scope)

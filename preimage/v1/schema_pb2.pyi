@@ -107,16 +107,24 @@ class OutputFeature(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    SPREAD_OF_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Output name, unique within the schema."""
+    spread_of: _builtins.str
+    """Set on the spread output of a deep ensemble (Train with `ensemble` >= 2):
+    the name of the output whose spread (standard deviation across the members)
+    this column is. Empty for an ordinary output. Invert targets only the
+    outputs without it; `InvertRequest.max_uncertainty` bounds the spreads.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        spread_of: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "spread_of", b"spread_of"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from preimage.server.engine.context import Context, Driver, Outcome
 from preimage.server.engine.enumeration import enumerate_space
 from preimage.server.engine.optimize import optimize
 from preimage.server.engine.prior import InDistributionPenalty, Prior, make_prior
-from preimage.server.engine.run import Run, model_device, model_outputs
+from preimage.server.engine.run import OutputColumns, Run, model_device, model_outputs
 from preimage.server.engine.sample import PilotCache, sample
 from preimage.server.engine.space import InputSpace
 from preimage.server.engine.targets import TargetSet
@@ -36,6 +36,7 @@ from preimage.server.engine.types import (
     InvertSummary,
     PatternBatch,
     PriorKind,
+    TargetSpec,
 )
 
 __all__ = ["DEFAULT_MAX_PASSES", "DEFAULT_MAX_SECONDS", "invert"]
@@ -56,6 +57,7 @@ def invert(
     statistics: DataStatistics | None = None,
     stop: threading.Event | None = None,
     pilots: PilotCache | None = None,
+    spreads: Sequence[int] = (),
 ) -> Iterator[PatternBatch | InvertSummary]:
     """Find input patterns whose outputs hit the targets.
 
@@ -68,18 +70,24 @@ def invert(
             :class:`~preimage.errors.CancelledError` at its next step.
         pilots: The model's warm state for sample mode: a pilot measured once per input
             space and target is reused by later runs (their patterns are the same either way).
+        spreads: Indices of the model's spread outputs (a deep ensemble's, schema
+            ``spread_of``). ``spec.targets`` then covers the other outputs only; the spreads
+            are searched only with ``spec.max_uncertainty``, as range targets
+            ``[-U, U]`` (a spread is never negative, so that is ``spread <= U``).
 
     Returns:
         An iterator of :class:`PatternBatch` events (``k x d`` inputs, ``k x m`` outputs and
         errors, ``k <= spec.batch_size``), then exactly one :class:`InvertSummary`. Every
         pattern satisfies every constraint of ``space`` exactly and puts every output inside
-        its target interval with a float32 safety margin; none repeats.
+        its target interval with a float32 safety margin; none repeats. With ``spreads``
+        the ``m`` outputs are the targeted ones (the model's columns without the spreads),
+        or every column when ``spec.max_uncertainty`` is set.
 
     Raises:
         InvalidArgumentError: A spec field is invalid (the error names it: ``count``,
             ``targets``, ``tolerance``, ``seed``, ``min_distance``, ``in_distribution_weight``,
             ``budget.max_seconds``, ``budget.max_passes``, ``batch_size``, ``prior``,
-            ``statistics``), or the model does not take ``space.width`` columns.
+            ``statistics``, ``max_uncertainty``), or the model does not take ``space.width`` columns.
         CancelledError: From the iterator, once ``stop`` is set.
 
     Example:
@@ -96,8 +104,8 @@ def invert(
     _validate(spec)
     if statistics is not None:
         statistics.validated(space.width)
-    outputs = _output_width(module, space)
-    targets = TargetSet.from_spec(spec.targets, spec.tolerance, outputs)
+    module, wanted = _searched_outputs(module, _output_width(module, space), spec, spreads)
+    targets = TargetSet.from_spec(wanted, spec.tolerance, len(wanted))
     prior = make_prior(space, spec.prior, statistics)
     penalty = InDistributionPenalty.build(space, statistics) if spec.in_distribution_weight > 0 else None
     return _stream(module, space, spec, targets, prior, penalty, stop, pilots)
@@ -152,6 +160,11 @@ def _stream(
             break
         yield from collector.add(X, F)
     status, message = _status(ctx, spec, outcome)
+    if spec.max_uncertainty is not None and status in (InvertStatus.UNREACHABLE, InvertStatus.BUDGET_SPENT):
+        message += (
+            f" Every spread output was held to at most max_uncertainty = {spec.max_uncertainty:g} (the closest "
+            "output lists the means, then the spreads); a larger max_uncertainty may reach the target."
+        )
     yield _summary(ctx, spec, seed, status, message)
 
 
@@ -250,6 +263,48 @@ def _validate(spec: InvertSpec) -> None:
         raise InvalidArgumentError(f"batch_size must be a positive integer, got {spec.batch_size}", field="batch_size")
     if not spec.targets:
         raise InvalidArgumentError("give one target per model output", field="targets")
+    limit = spec.max_uncertainty
+    # Below this the interval [-U, U] is narrower than float32 resolves (subnormal numbers).
+    if limit is not None and not (math.isfinite(limit) and limit >= 1e-30):
+        raise InvalidArgumentError(
+            f"max_uncertainty must be a positive finite number (at least 1e-30), got {limit}",
+            field="max_uncertainty",
+        )
+
+
+def _searched_outputs(
+    module: torch.nn.Module, width: int, spec: InvertSpec, spreads: Sequence[int]
+) -> tuple[torch.nn.Module, tuple[TargetSpec, ...]]:
+    """The model as the drivers see it and one target per column it gives.
+
+    Without spread outputs that is the model and ``spec.targets``. With them, the
+    targets name the other outputs; the spreads join (target ``[-U, U]``) only with
+    ``max_uncertainty = U``, else the model is seen through its other columns only.
+    """
+    spread_set = set(spreads)
+    limit = spec.max_uncertainty
+    if limit is not None and not spread_set:
+        raise InvalidArgumentError(
+            "max_uncertainty needs a model with spread outputs (a deep ensemble: Train with ensemble >= 2); "
+            "this model has none",
+            field="max_uncertainty",
+        )
+    if not spread_set:
+        return module, spec.targets
+    means = [j for j in range(width) if j not in spread_set]
+    if len(spec.targets) != len(means):
+        raise InvalidArgumentError(
+            f"the model has {len(means)} output{'s' if len(means) != 1 else ''} to target and {len(spread_set)} "
+            f"spread output{'s' if len(spread_set) != 1 else ''} (bounded by max_uncertainty, not targeted), but "
+            f"{len(spec.targets)} target{'s were' if len(spec.targets) != 1 else ' was'} given: give one per output "
+            "that is not a spread",
+            field="targets",
+        )
+    if limit is None:
+        return OutputColumns(module, means), spec.targets
+    given = iter(spec.targets)
+    wanted = tuple(TargetSpec(lower=-limit, upper=limit) if j in spread_set else next(given) for j in range(width))
+    return module, wanted
 
 
 def _output_width(module: torch.nn.Module, space: InputSpace) -> int:

@@ -18,7 +18,7 @@ import torch
 from preimage.errors import CancelledError
 from preimage.server.engine.targets import TargetSet
 
-__all__ = ["CHUNK", "Run", "model_device", "model_outputs"]
+__all__ = ["CHUNK", "OutputColumns", "Run", "model_device", "model_outputs"]
 
 CHUNK = 8192
 """Most rows per model call in a forward pass."""
@@ -42,6 +42,24 @@ def model_outputs(result: object, rows: int) -> torch.Tensor:
     if result.ndim == 2 and result.shape[0] == rows:
         return result
     return result.reshape(rows, -1)
+
+
+class OutputColumns(torch.nn.Module):
+    """A model seen through some of its output columns: ``n x d`` → ``n x len(columns)``.
+
+    Invert on a deep ensemble searches its mean outputs only (or means and spreads, with
+    ``max_uncertainty``), so the drivers see exactly the outputs they have targets for.
+    """
+
+    def __init__(self, module: torch.nn.Module, columns: list[int]) -> None:
+        super().__init__()
+        self.module = module
+        self.columns = list(columns)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The chosen columns of the model's output for ``x``."""
+        return model_outputs(self.module(x), x.shape[0])[:, self.columns]
 
 
 class Run:

@@ -29,7 +29,7 @@ import secrets
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from preimage.errors import CancelledError, DeadlineExceededError, InvalidArgumentError
+from preimage.registry.schema import FeatureSchema, OutputFeature
 from preimage.server.engine.data import Table, data_statistics, encode, infer_schema
 from preimage.server.engine.export import export_onnx
 from preimage.server.engine.types import (
@@ -51,7 +52,9 @@ from preimage.server.engine.types import (
 
 __all__ = [
     "ACTIVATIONS",
+    "MAX_ENSEMBLE",
     "SEARCH_CANDIDATES",
+    "Ensemble",
     "Rescale",
     "Standardize",
     "TrainingDivergedError",
@@ -67,6 +70,8 @@ ACTIVATIONS: Mapping[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, 
 
 MAX_WIDTH = 65536
 MAX_LAYERS = 64
+MAX_ENSEMBLE = 32
+"""Most members of a deep ensemble."""
 _EVAL_ROWS = 65536  # rows per forward pass when evaluating, to bound activation memory
 _EXAMPLE_ROWS = 64  # rows used to trace and check the export
 _STEPS_PER_EPOCH = 64  # what the automatic batch size aims at
@@ -119,6 +124,37 @@ class Rescale(_ColumnAffine):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Map standardized ``n x m`` outputs back to raw units."""
         return y * self.scale + self.mean
+
+
+class Ensemble(nn.Module):
+    """``k >= 2`` networks on one standardization: ``n x d`` raw inputs → ``n x 2m``.
+
+    Columns ``0..m-1`` are the members' mean in raw units, columns ``m..2m-1`` their
+    spread: the standard deviation across the members (``k - 1`` divisor). Written with
+    ``Add``, ``Sub``, ``Mul``, ``Div``, ``Sqrt`` and ``Concat`` only, which every runtime
+    and onnx2torch convert.
+    """
+
+    def __init__(self, standardize: Standardize, cores: Sequence[nn.Module], rescale: Rescale) -> None:
+        super().__init__()
+        if len(cores) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(cores)}")
+        self.standardize = standardize
+        self.members = nn.ModuleList(cores)
+        self.rescale = rescale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Means then spreads of ``n x d`` rows."""
+        z = self.standardize(x)
+        outputs = [self.rescale(core(z)) for core in self.members]
+        total = outputs[0]
+        for y in outputs[1:]:
+            total = total + y
+        mean = total / len(outputs)
+        squares = (outputs[0] - mean) * (outputs[0] - mean)
+        for y in outputs[1:]:
+            squares = squares + (y - mean) * (y - mean)
+        return torch.cat([mean, torch.sqrt(squares / (len(outputs) - 1))], dim=1)
 
 
 def build_mlp(
@@ -199,6 +235,8 @@ def validate_train_spec(spec: TrainSpec) -> None:
         raise bad("seed", f"must be in [0, 2**64), got {spec.seed}")
     if spec.max_seconds is not None and not spec.max_seconds > 0:
         raise bad("max_seconds", f"must be positive, got {spec.max_seconds}")
+    if not 0 <= spec.ensemble <= MAX_ENSEMBLE:
+        raise bad("ensemble", f"must be between 0 and {MAX_ENSEMBLE} members, got {spec.ensemble}")
 
 
 def train(
@@ -264,12 +302,15 @@ def train(
     batch = spec.batch_size or auto_batch_size(len(train_rows))
     networks = SEARCH_CANDIDATES if spec.hidden_sizes is None else (tuple(spec.hidden_sizes),)
 
+    members = spec.ensemble if spec.ensemble >= 2 else 1
+    # Fits in all: every network of the search, then the ensemble's further members.
+    total_fits = len(networks) + members - 1
     fits: list[_Fit] = []
     for index, hidden in enumerate(networks):
-        # Each candidate gets an equal share of the budget that is left.
-        share = None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / (len(networks) - index)
+        # Each fit gets an equal share of the budget that is left.
+        share = _share(deadline, total_fits - index)
         core = build_mlp(X.shape[1], Y.shape[1], hidden, spec.activation.lower(), generator)
-        fit = yield from _fit(core, data, spec, batch, generator, stop, started, share, index, len(networks))
+        fit = yield from _fit(core, data, spec, batch, generator, stop, started, share, index, total_fits)
         if fit is None:  # out of time before this candidate's first mini-batch
             if not fits:
                 raise DeadlineExceededError(
@@ -278,7 +319,19 @@ def train(
             break
         fits.append(fit)
     best = min(fits, key=lambda f: f.best_loss)
-    for fit in fits:
+    # The selected network is the ensemble's first member; the others differ in initialization
+    # and shuffling only, each from a generator derived from the seed and its member number.
+    team = [best]
+    for member in range(1, members):
+        index = len(networks) + member - 1
+        member_generator = torch.Generator().manual_seed(_member_seed(seed, member))
+        core = build_mlp(X.shape[1], Y.shape[1], best.hidden_sizes, spec.activation.lower(), member_generator)
+        share = _share(deadline, total_fits - index)
+        fit = yield from _fit(core, data, spec, batch, member_generator, stop, started, share, index, total_fits)
+        if fit is None:
+            break
+        team.append(fit)
+    for fit in (*fits, *team[1:]):
         if fit.stop_reason is StopReason.DIVERGED:
             warning = TrainWarning(
                 f"training {_net(fit.hidden_sizes)} diverged in epoch {fit.epochs_run}; it keeps its best "
@@ -286,16 +339,32 @@ def train(
             )
             warnings.append(warning)
             yield warning
-    if any(f.stop_reason is StopReason.TIME_BUDGET for f in fits) or len(fits) < len(networks):
+    ran_out = any(f.stop_reason is StopReason.TIME_BUDGET for f in (*fits, *team[1:]))
+    if ran_out or len(fits) < len(networks) or len(team) < members:
+        tried = f"{len(fits)} of {len(networks)} networks tried"
+        if members > 1:
+            tried += f", {len(team)} of {members} ensemble members"
         warning = TrainWarning(
-            f"the time budget of {spec.max_seconds:g} s ran out after {sum(f.epochs_run for f in fits)} epochs "
-            f"({len(fits)} of {len(networks)} networks tried); the model keeps the best weights so far"
+            f"the time budget of {spec.max_seconds:g} s ran out after "
+            f"{sum(f.epochs_run for f in (*fits, *team[1:]))} epochs ({tried}); the model keeps the best "
+            "weights so far"
         )
         warnings.append(warning)
         yield warning
 
-    core = best.core
-    model = nn.Sequential(standardize, core, rescale).eval()
+    if len(team) >= 2:
+        model: nn.Module = Ensemble(standardize, [f.core for f in team], rescale).eval()
+        schema = _with_spreads(schema)
+    else:
+        # A single network (or an ensemble the budget cut to one member: it has no spread to give).
+        model = nn.Sequential(standardize, best.core, rescale).eval()
+        if members > 1:
+            warning = TrainWarning(
+                "only one ensemble member was trained before the time budget ran out; the model is a single "
+                "network without spread outputs"
+            )
+            warnings.append(warning)
+            yield warning
     metrics = _metrics(model, X[val_rows], Y[val_rows], table.targets)
     _check_stop(stop, best.epochs_run)
     onnx_bytes = export_onnx(model, schema, X[val_rows[:_EXAMPLE_ROWS]])
@@ -315,7 +384,31 @@ def train(
         candidates=tuple(
             ModelCandidate(f.hidden_sizes, f.best_loss, f.epochs_run, f.stop_reason, selected=f is best) for f in fits
         ),
+        ensemble=len(team) if len(team) >= 2 else 0,
     )
+
+
+def _share(deadline: float | None, fits_left: int) -> float | None:
+    """The deadline of the next fit: an equal share of what is left of the budget."""
+    return None if deadline is None else time.monotonic() + (deadline - time.monotonic()) / fits_left
+
+
+def _member_seed(seed: int, member: int) -> int:
+    """The generator seed of ensemble member ``member >= 1``, derived from the run's seed only."""
+    return int(np.random.SeedSequence([seed, member]).generate_state(1, np.uint64)[0])
+
+
+def _with_spreads(schema: FeatureSchema) -> FeatureSchema:
+    """The schema with one spread output ``NAME_spread`` (``spread_of = NAME``) per output, after them."""
+    taken = {o.name for o in schema.outputs}
+    spreads = []
+    for output in schema.outputs:
+        name = output.name[:121] + "_spread"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        spreads.append(OutputFeature(name, spread_of=output.name))
+    return replace(schema, outputs=(*schema.outputs, *spreads))
 
 
 @dataclass
@@ -478,13 +571,16 @@ def _metrics(model: nn.Module, X: np.ndarray, Y: np.ndarray, names: Sequence[str
     """MSE, MAE, R² and the residuals' standard deviation and 95th percentile of size, per output, in raw units.
 
     R² is ``1 - SSE/SST``; when the outputs' validation values are all equal (SST = 0)
-    it is 1 for a perfect fit and 0 otherwise.
+    it is 1 for a perfect fit and 0 otherwise. For an :class:`Ensemble` these are the
+    mean's, with the median and 95th percentile of each output's spread.
     """
     with torch.inference_mode():
         predicted = np.concatenate(
             [model(torch.from_numpy(X[s : s + _EVAL_ROWS])).numpy() for s in range(0, len(X), _EVAL_ROWS)]
         ).astype(np.float64)
-    error = predicted - Y
+    m = len(names)
+    error = predicted[:, :m] - Y
+    spread = predicted[:, m:] if predicted.shape[1] == 2 * m else None
     metrics = []
     for j, name in enumerate(names):
         sse = float(np.sum(error[:, j] ** 2))
@@ -498,6 +594,8 @@ def _metrics(model: nn.Module, X: np.ndarray, Y: np.ndarray, names: Sequence[str
                 r2=r2,
                 residual_std=float(np.std(error[:, j])),
                 residual_p95=float(np.quantile(np.abs(error[:, j]), 0.95)),
+                spread_median=0.0 if spread is None else float(np.median(spread[:, j])),
+                spread_p95=0.0 if spread is None else float(np.quantile(spread[:, j], 0.95)),
             )
         )
     return tuple(metrics)

@@ -135,7 +135,7 @@ class InvertSpec:
     """Options of one Invert run (validated by the engine, not here).
 
     Attributes:
-        targets: One per model output.
+        targets: One per model output, spread outputs excepted (see ``invert``'s ``spreads``).
         n: Patterns wanted.
         tolerance: Allowed ``|f(x) - y|`` for value targets.
         seed: Random seed; ``None`` lets the engine draw one (reported in the summary).
@@ -146,6 +146,8 @@ class InvertSpec:
         max_seconds: Wall-clock budget; the run ends with ``BUDGET_SPENT`` when it is spent.
         max_passes: Budget of batched model passes (forward + backward).
         batch_size: Most patterns per yielded :class:`PatternBatch`.
+        max_uncertainty: Largest spread allowed on every spread output of a deep ensemble
+            (``None`` = the spreads are not constrained).
     """
 
     targets: tuple[TargetSpec, ...]
@@ -159,6 +161,7 @@ class InvertSpec:
     max_seconds: float | None = None
     max_passes: int | None = None
     batch_size: int = 256
+    max_uncertainty: float | None = None
 
 
 @dataclass(frozen=True)
@@ -226,7 +229,9 @@ class TrainSpec:
     the mini-batch to the table (see :func:`preimage.server.engine.train.auto_batch_size`).
     ``epochs`` is a maximum: training normally ends earlier, when the validation loss
     has stopped improving for ``patience`` epochs. ``max_seconds`` is the wall-clock
-    budget of the whole run (every candidate of a search included).
+    budget of the whole run (every candidate of a search included). ``ensemble = k >= 2``
+    fits ``k`` networks of the chosen shape from different seeds and exports their mean
+    and spread (0 and 1 = a single network).
     """
 
     name: str
@@ -244,6 +249,7 @@ class TrainSpec:
     seed: int | None = None
     feature_overrides: tuple[InputFeature | FeatureOverride, ...] = ()
     max_seconds: float | None = None
+    ensemble: int = 0
 
 
 @dataclass(frozen=True)
@@ -280,7 +286,10 @@ class OutputMetrics:
 
     ``residual_std`` is the standard deviation of ``prediction - target`` and
     ``residual_p95`` the 95th percentile of ``|prediction - target|``: how far a
-    pattern's real value may lie from what the model predicts for it.
+    pattern's real value may lie from what the model predicts for it. For a deep
+    ensemble the metrics are the members' mean's, and ``spread_median`` / ``spread_p95``
+    are the median and 95th percentile of the output's spread (standard deviation across
+    the members) over the validation rows (0 for a single network).
     """
 
     output: str
@@ -289,6 +298,8 @@ class OutputMetrics:
     r2: float
     residual_std: float = 0.0
     residual_p95: float = 0.0
+    spread_median: float = 0.0
+    spread_p95: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -304,7 +315,11 @@ class ModelCandidate:
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """The last event of a Train run: an exported model ready to register."""
+    """The last event of a Train run: an exported model ready to register.
+
+    ``ensemble`` is the number of members of a deep ensemble (0 for a single network);
+    ``epochs_run`` and ``stop_reason`` are then the first member's.
+    """
 
     onnx_bytes: bytes
     schema: FeatureSchema
@@ -318,3 +333,4 @@ class TrainedModel:
     hidden_sizes: tuple[int, ...] = ()
     batch_size: int = 0
     candidates: tuple[ModelCandidate, ...] = ()
+    ensemble: int = 0

@@ -338,6 +338,28 @@ def test_train_jsonl_and_progress(cli: Run, tmp_path: Path) -> None:
     assert json.loads(budget.stdout.splitlines()[-1])["stop_reason"] == "time_budget"
 
 
+def test_train_an_ensemble_then_invert_with_max_uncertainty(cli: Run, tmp_path: Path) -> None:
+    data = _levels_csv(tmp_path / "levels.csv", 300)
+    args = "--hidden 16 --epochs 20 --seed 0 --ensemble 3".split()
+    done = cli("train", str(data), "--name", "ens", *LEVELS, *args)
+    assert done.returncode == 0, done.stderr
+    assert "ensemble of 3 members" in done.stdout and "spread median" in done.stdout
+    shown = cli("show", "ens").stdout
+    assert "x 3 ensemble members" in shown and "spread median" in shown and "difficulty_spread" in shown
+    report = json.loads(cli("show", "ens", "--json").stdout)
+    assert report["training"]["ensemble"] == 3
+    assert report["schema"]["outputs"][1] == {"name": "difficulty_spread", "spread_of": "difficulty"}
+    limit = report["training"]["metrics"][0]["spread_p95"]
+    inverted = cli(
+        "invert", "ens", *"--target 3 -n 20 --seed 1 --tolerance 0.01 --jsonl --max-uncertainty".split(), str(limit)
+    )
+    assert inverted.returncode == 0, inverted.stderr
+    patterns = [json.loads(line) for line in inverted.stdout.splitlines()]
+    assert len(patterns) == 20 and all(abs(p["output"][0] - 3) <= 0.01 and p["output"][1] <= limit for p in patterns)
+    refused = cli("invert", "ens", "--target", "3", "--max-uncertainty", "-1")
+    assert refused.returncode != 0 and "max_uncertainty" in refused.stderr
+
+
 def test_ctrl_c_cancels_train(served: Served, cli: Run, tmp_path: Path) -> None:
     data = _levels_csv(tmp_path / "levels.csv", 400)
     args = ["train", str(data), "--name", "interrupted", *LEVELS, "--epochs", "100000", "--jsonl"]

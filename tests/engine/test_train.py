@@ -30,6 +30,9 @@ from preimage.server.engine.invert import invert
 from preimage.server.engine.space import InputSpace
 from preimage.server.engine.train import (
     SEARCH_CANDIDATES,
+    Ensemble,
+    Rescale,
+    Standardize,
     TrainingDivergedError,
     auto_batch_size,
     split_indices,
@@ -366,6 +369,8 @@ def test_budget_spent_before_the_first_step_is_deadline_exceeded() -> None:
         ("patience", 0),
         ("seed", -1),
         ("max_seconds", 0.0),
+        ("ensemble", 33),
+        ("ensemble", -1),
     ],
 )
 def test_invalid_options_name_the_field(option: str, value: Any) -> None:
@@ -460,3 +465,95 @@ def test_max_epochs_and_time_budget_are_stop_reasons() -> None:
 @pytest.mark.parametrize(("rows", "batch"), [(10, 32), (800, 32), (8000, 128), (80_000, 1024), (800_000, 4096)])
 def test_automatic_batch_size_scales_with_the_table(rows: int, batch: int) -> None:
     assert auto_batch_size(rows) == batch
+
+
+# -- deep ensembles ----------------------------------------------------------------------------
+
+
+class _Constant(torch.nn.Module):
+    """A member that answers ``value`` (per output) for every row."""
+
+    def __init__(self, value: list[float]) -> None:
+        super().__init__()
+        self.value = torch.nn.Parameter(torch.tensor(value))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z[:, :1] * 0.0 + self.value
+
+
+def test_ensemble_exports_the_members_mean_then_their_spread() -> None:
+    # Known members: the export must give their mean and standard deviation (k - 1 divisor).
+    values = [[1.0, 10.0], [2.0, 10.5], [4.0, 9.0]]
+    ensemble = Ensemble(
+        Standardize(torch.zeros(3), torch.ones(3)),
+        [_Constant(v) for v in values],
+        Rescale(torch.full((2,), 0.5), torch.full((2,), 2.0)),
+    )
+    X = np.random.default_rng(0).uniform(-1, 1, (8, 3)).astype(np.float32)
+    data = export_onnx(ensemble, FeatureSchema.default(3, 4), X)
+    raw = np.asarray(values) * 2.0 + 0.5  # each member rescaled to raw units
+    expected = np.concatenate([raw.mean(axis=0), raw.std(axis=0, ddof=1)])
+    np.testing.assert_allclose(onnx_eval(data, X), np.tile(expected, (8, 1)), rtol=1e-5)
+
+
+def test_ensemble_train_is_deterministic_and_declares_its_spreads() -> None:
+    X, columns = difficulty_columns(300, seed=6)
+    spec = TrainSpec(name="ens", target_columns=("difficulty",), hidden_sizes=(8,), epochs=4, seed=5, ensemble=3)
+    table = build_table(columns, spec)
+    global_state = torch.random.get_rng_state()
+    events, first = run(table, spec)
+    _, second = run(table, spec)
+    _, other = run(table, TrainSpec(**{**spec.__dict__, "seed": 6}))
+    _, single = run(table, TrainSpec(**{**spec.__dict__, "ensemble": 0}))
+    assert torch.equal(torch.random.get_rng_state(), global_state)
+    assert first.onnx_bytes == second.onnx_bytes and first.onnx_bytes != other.onnx_bytes
+    assert first.ensemble == 3 and single.ensemble == 0
+    assert [(p.candidate, p.candidates) for p in events if isinstance(p, TrainProgress)] == [
+        (c, 3) for c in range(3) for _ in range(4)
+    ]
+    # The schema travels in the ONNX metadata, the spread declared after the mean.
+    metadata = {p.key: p.value for p in onnx.load_from_string(first.onnx_bytes).metadata_props}
+    schema = FeatureSchema.from_json(metadata[SCHEMA_METADATA_KEY])
+    outputs = [(o.name, o.spread_of) for o in schema.outputs]
+    assert outputs == [("difficulty", None), ("difficulty_spread", "difficulty")]
+    assert schema.spread_columns == (1,)
+    Y = onnx_eval(first.onnx_bytes, X)
+    assert Y.shape == (300, 2) and np.all(Y[:, 1] > 0)  # members differ in initialization and shuffling
+    assert onnx_eval(single.onnx_bytes, X).shape == (300, 1)
+    # The metrics are the mean's; the spread's validation quantiles come with them.
+    _, val_rows = split_indices(300, spec.validation_fraction, 5)
+    error = Y[val_rows, 0] - columns["difficulty"][val_rows]
+    (metrics,) = first.metrics
+    np.testing.assert_allclose(metrics.mse, np.mean(error**2), rtol=1e-4)
+    np.testing.assert_allclose(metrics.spread_median, np.median(Y[val_rows, 1]), rtol=1e-4)
+    np.testing.assert_allclose(metrics.spread_p95, np.quantile(Y[val_rows, 1], 0.95), rtol=1e-4)
+
+
+def test_ensemble_after_the_search_uses_the_chosen_network() -> None:
+    _, columns = difficulty_columns(200, seed=2)
+    spec = TrainSpec(name="ens", target_columns=("difficulty",), epochs=3, seed=1, ensemble=2)
+    events, trained = run(build_table(columns, spec), spec)
+    fits = len(SEARCH_CANDIDATES) + 1
+    assert {p.candidates for p in events if isinstance(p, TrainProgress)} == {fits}
+    assert trained.ensemble == 2 and len(trained.candidates) == len(SEARCH_CANDIDATES)
+    assert trained.hidden_sizes == next(c.hidden_sizes for c in trained.candidates if c.selected)
+
+
+def test_time_budget_shares_itself_between_the_ensemble_members() -> None:
+    X, columns = difficulty_columns(300, seed=8)
+    spec = TrainSpec(
+        name="budget",
+        target_columns=("difficulty",),
+        hidden_sizes=(8,),
+        epochs=100_000,
+        patience=100_000,
+        seed=1,
+        max_seconds=1.5,
+        ensemble=3,
+    )
+    events, trained = run(build_table(columns, spec), spec)
+    # Each member got an equal share of the budget, so every one of them ran and ran out.
+    assert trained.ensemble == 3 and trained.stop_reason is StopReason.TIME_BUDGET
+    assert "3 of 3 ensemble members" in events[-2].message
+    assert {p.candidate for p in events if isinstance(p, TrainProgress)} == {0, 1, 2}
+    assert np.isfinite(onnx_eval(trained.onnx_bytes, X)).all()

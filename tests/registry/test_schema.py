@@ -55,6 +55,39 @@ def test_schema_argument_wins_over_metadata(registry: Registry) -> None:
     assert [o.name for o in record.schema.outputs] == ["y0"]  # output names filled in
 
 
+def test_spread_outputs_are_stored_and_survive_reopening(tmp_path: Path) -> None:
+    inputs = [{"name": f"f{i}", "min": 0, "max": 1} for i in range(6)]
+    outputs = [{"name": "y"}, {"name": "y_spread", "spread_of": "y"}]
+    schema = FeatureSchema.from_dict({"inputs": inputs, "outputs": outputs})
+    assert schema.spread_columns == (1,) and schema.to_dict()["outputs"] == outputs
+    registry = Registry.open(tmp_path / "r", parity_rows=8)
+    registry.register_bytes("ens", _data(m=2, metadata={"preimage.schema": json.dumps(schema.to_dict())}))
+    registry.close()
+    reopened = Registry.open(tmp_path / "r")
+    try:
+        assert reopened.get("ens").schema.spread_columns == (1,)
+        assert reopened.load("ens").schema == schema
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "words"),
+    [
+        ([{"name": "y"}, {"name": "s", "spread_of": "nosuch"}], "spread_of 'nosuch' must name an output"),
+        ([{"name": "y"}, {"name": "s", "spread_of": "s"}], "spread_of 's' must name an output"),
+        (
+            [{"name": "y"}, {"name": "s", "spread_of": "y"}, {"name": "t", "spread_of": "s"}],
+            "not itself a spread",
+        ),
+        ([{"name": "y"}, {"name": "s", "spread_of": "y"}, {"name": "t", "spread_of": "y"}], "at most one spread"),
+    ],
+)
+def test_bad_spread_outputs_are_refused(outputs: list[dict[str, str]], words: str) -> None:
+    with pytest.raises(SchemaError, match=words):
+        FeatureSchema.from_dict({"inputs": [{"name": "a"}], "outputs": outputs})
+
+
 def test_default_schema(registry: Registry) -> None:
     record = registry.register_bytes("plain", _data(d=3, m=2))
     assert record.schema == FeatureSchema.default(3, 2)

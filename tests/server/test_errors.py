@@ -154,6 +154,15 @@ CASES = [
         "targets[0]",
     ),
     ("invert-unbounded-model", invert(model_ref="lin"), INVALID, ["bounds"], None),
+    (
+        "invert-max-uncertainty-without-spread",
+        invert(max_uncertainty=0.1),
+        INVALID,
+        ["max_uncertainty", "spread outputs", "ensemble"],
+        "max_uncertainty",
+    ),
+    ("invert-nan-max-uncertainty", invert(max_uncertainty=math.nan), INVALID, ["max_uncertainty"], "max_uncertainty"),
+    ("invert-negative-max-uncertainty", invert(max_uncertainty=-1.0), INVALID, ["positive"], "max_uncertainty"),
     ("invert-over-count-limit", invert(count=10**12), grpc.StatusCode.RESOURCE_EXHAUSTED, ["limit"], None),
     (
         "delete-bare-name",
