@@ -104,8 +104,8 @@ def invert(
     _validate(spec)
     if statistics is not None:
         statistics.validated(space.width)
-    module, wanted = _searched_outputs(module, _output_width(module, space), spec, spreads)
-    targets = TargetSet.from_spec(wanted, spec.tolerance, len(wanted))
+    module, wanted, width = _searched_outputs(module, _output_width(module, space), spec, spreads)
+    targets = TargetSet.from_spec(wanted, spec.tolerance, width)
     prior = make_prior(space, spec.prior, statistics)
     penalty = InDistributionPenalty.build(space, statistics) if spec.in_distribution_weight > 0 else None
     return _stream(module, space, spec, targets, prior, penalty, stop, pilots)
@@ -274,8 +274,8 @@ def _validate(spec: InvertSpec) -> None:
 
 def _searched_outputs(
     module: torch.nn.Module, width: int, spec: InvertSpec, spreads: Sequence[int]
-) -> tuple[torch.nn.Module, tuple[TargetSpec, ...]]:
-    """The model as the drivers see it and one target per column it gives.
+) -> tuple[torch.nn.Module, tuple[TargetSpec, ...], int]:
+    """The model as the drivers see it, the targets, and the number of columns it gives.
 
     Without spread outputs that is the model and ``spec.targets``. With them, the
     targets name the other outputs; the spreads join (target ``[-U, U]``) only with
@@ -290,7 +290,7 @@ def _searched_outputs(
             field="max_uncertainty",
         )
     if not spread_set:
-        return module, spec.targets
+        return module, spec.targets, width  # TargetSet.from_spec checks one target per column
     means = [j for j in range(width) if j not in spread_set]
     if len(spec.targets) != len(means):
         raise InvalidArgumentError(
@@ -301,10 +301,10 @@ def _searched_outputs(
             field="targets",
         )
     if limit is None:
-        return OutputColumns(module, means), spec.targets
+        return OutputColumns(module, means), spec.targets, len(means)
     given = iter(spec.targets)
     wanted = tuple(TargetSpec(lower=-limit, upper=limit) if j in spread_set else next(given) for j in range(width))
-    return module, wanted
+    return module, wanted, width
 
 
 def _output_width(module: torch.nn.Module, space: InputSpace) -> int:
