@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--predict-batch-delay-ms", type=float, help="ms a Predict pass waits for more calls (default 0)")
     p.add_argument("--predict-max-batch-rows", type=int, help="most rows in one coalesced Predict pass")
+    p.add_argument(
+        "--predict-inline-max-ms",
+        type=float,
+        help="small Predicts run on the event loop while a small pass takes at most this (default 0.5; 0: off)",
+    )
     p.add_argument("--engine-workers", type=int, help="worker threads for engine and registry work")
     p.add_argument("--metrics-address", help="HOST:PORT for the Prometheus endpoint (off by default)")
     p.add_argument("--log-format", choices=["plain", "json"], help="log line format")

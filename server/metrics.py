@@ -39,6 +39,11 @@ class Metrics:
         self.predict_passes = Counter(
             "preimage_predict_passes", "Forward passes run by Predict (coalesced calls share one).", registry=r
         )
+        self.predict_inline = Counter(
+            "preimage_predict_inline_calls",
+            "Small Predict calls run on the event loop, without the hop to a worker thread.",
+            registry=r,
+        )
         self.predict_pass_calls = Histogram(
             "preimage_predict_calls_per_pass",
             "Predict calls served by one forward pass.",

@@ -52,6 +52,8 @@ class Runtime:
         self.shared_runs = SharedRuns(self)
         self.warm = WarmModels(settings, metrics)
         self._records: dict[str, tuple[int, ModelRecord]] = {}
+        self._hot: dict[str, tuple[int, WarmModel]] = {}
+        self._predicts = 0
         self._spaces: OrderedDict[tuple[Any, ...], InputSpace] = OrderedDict()
         self._pilots: PilotCache | None = None
 
@@ -86,6 +88,7 @@ class Runtime:
     def _warm(self, ref: str) -> WarmModel:
         """In a worker: the record ``ref`` names (cached until the registry's next write), its warm state."""
         registry = self.registry()
+        generation = None
         if registry.caches_lookups:  # a shared index: the registry answers from memory between polls
             record = registry.get(ref)
         else:  # the embedded index: reading the generation is far cheaper than resolving (schema JSON)
@@ -102,7 +105,29 @@ class Runtime:
         loaded = registry.load(record)
         self.metrics.model_loads.labels("hit" if hit else "miss").inc()
         self.metrics.models_loaded.set(len(registry.cached()))
-        return self.warm.get(loaded)
+        warm = self.warm.get(loaded)
+        if generation is not None:
+            if len(self._hot) > _RECORDS:
+                self._hot.clear()
+            self._hot[ref] = (generation, warm)
+        return warm
+
+    def _hot_model(self, ref: str) -> WarmModel | None:
+        """On the event loop: ``ref``'s warm model if a worker resolved it since the registry last changed.
+
+        Only with the embedded index, whose generation is one local read (WAL readers never wait on
+        writers); a shared index's lookups may go over the network.
+        """
+        registry = self._registry
+        entry = self._hot.get(ref)
+        if entry is None or registry is None or registry.caches_lookups:
+            return None
+        try:
+            if registry.generation() != entry[0]:
+                return None
+        except Exception:  # the worker path reports what is wrong
+            return None
+        return entry[1]
 
     async def input_space(
         self, loaded: LoadedModel, bounds: tuple[BoundSpec, ...], fixed: tuple[FixedSpec, ...]
@@ -139,12 +164,33 @@ class Runtime:
 
         Returns:
             The resolved record and the ``n x m`` float32 outputs.
+
+        A small call on a model whose warm state is current runs on the event loop at once (see
+        ``Settings.predict_inline_max_ms``); the rest run in a worker, coalesced per model.
         """
+        from preimage.server.engine.batcher import SMALL_ROWS  # torch loads with the first model, not at start-up
 
-        def predict() -> tuple[ModelRecord, np.ndarray]:
-            warm = self._warm(ref)
-            return warm.loaded.record, warm.batcher(X)
+        max_seconds = self.settings.predict_inline_max_ms / 1000
+        self._predicts += 1
+        try:
+            inline = None
+            hot = self._hot_model(ref) if max_seconds > 0 and X.shape[0] <= SMALL_ROWS else None
+            if hot is not None:
+                await asyncio.sleep(0)  # calls that arrived with this one get to announce themselves
+                if self._predicts == 1:  # alone: with company, a worker pass serves all of them at once
+                    inline = hot.batcher.try_inline(X, max_seconds=max_seconds)
+            if hot is not None and inline is not None:
+                self.metrics.model_loads.labels("hit").inc()
+                self.metrics.predict_inline.inc()
+                record, outputs = hot.loaded.record, inline
+            else:
 
-        record, outputs = await self.run(predict)
+                def predict() -> tuple[ModelRecord, np.ndarray]:
+                    warm = self._warm(ref)
+                    return warm.loaded.record, warm.batcher(X)
+
+                record, outputs = await self.run(predict)
+        finally:
+            self._predicts -= 1
         self.metrics.predict_rows.inc(outputs.shape[0])
         return record, outputs

@@ -27,10 +27,13 @@ import torch
 
 from preimage.server.engine.predict import checked_rows, forward
 
-__all__ = ["ALIGN", "PredictBatcher", "coalescing_is_exact"]
+__all__ = ["ALIGN", "SMALL_ROWS", "PredictBatcher", "coalescing_is_exact"]
 
 ALIGN = 8
 """Rows of every call are padded to a multiple of this, so segments start at aligned offsets."""
+
+SMALL_ROWS = 64
+"""Most rows of a call :meth:`PredictBatcher.try_inline` may run on the caller's thread."""
 
 _log = logging.getLogger(__name__)
 
@@ -89,6 +92,38 @@ class PredictBatcher:
         self._lock = threading.Lock()
         self._pending: deque[_Call] = deque()
         self._leading = False
+        self._small_seconds: float | None = None
+
+    @property
+    def small_pass_seconds(self) -> float | None:
+        """A running average of the time a pass of at most :data:`SMALL_ROWS` rows takes (``None``: none yet)."""
+        return self._small_seconds
+
+    def try_inline(self, X: np.ndarray, *, max_seconds: float) -> np.ndarray | None:
+        """Run a small call on the calling thread at once, if that is cheap and no pass is under way.
+
+        For an event loop that would otherwise hand a one-row call to a worker thread (a thread
+        hop costs more than the pass). The call runs alone, padded as always, so its outputs are
+        the bits it would get from :meth:`__call__`. Returns ``None`` (nothing ran) where a
+        pass is running or queued (join it through :meth:`__call__`), where calls wait
+        ``delay_seconds`` for company, where the call has more than :data:`SMALL_ROWS` rows, or
+        where small passes have not yet been measured at most ``max_seconds``.
+
+        Raises:
+            InvalidArgumentError: Bad rows, as :meth:`__call__`.
+        """
+        small = self._small_seconds
+        if small is None or small > max_seconds or self.delay_seconds > 0 or np.shape(X)[0] > SMALL_ROWS:
+            return None
+        X32 = checked_rows(self.module, X, self.width)
+        call = _Call(X32)
+        with self._lock:
+            if self._leading:
+                return None
+            self._leading = True
+            self._pending.append(call)
+        self._lead(alone=True)
+        return call.outcome()
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """The model's ``n x m`` float32 outputs for ``n x d`` rows ``X``.
@@ -112,14 +147,14 @@ class PredictBatcher:
         self._lead()
         return call.outcome()
 
-    def _lead(self) -> None:
-        """Run one pass for the oldest queued calls, then hand the lead to the next queued call."""
-        if self.delay_seconds > 0:
+    def _lead(self, *, alone: bool = False) -> None:
+        """Run one pass for the oldest queued calls (only the oldest if ``alone``), then hand the lead on."""
+        if self.delay_seconds > 0 and not alone:
             time.sleep(self.delay_seconds)
         with self._lock:
             batch = [self._pending.popleft()]
             rows = _aligned(batch[0].rows)
-            while self._pending and rows + _aligned(self._pending[0].rows) <= self.max_rows:
+            while not alone and self._pending and rows + _aligned(self._pending[0].rows) <= self.max_rows:
                 rows += _aligned(self._pending[0].rows)
                 batch.append(self._pending.popleft())
         try:
@@ -151,7 +186,12 @@ class PredictBatcher:
         """One forward pass over the calls' aligned segments; each call's rows of the output."""
         parts = [_padded(call.X) for call in calls]
         X = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        start = time.perf_counter()
         out = forward(self.module, X)
+        if X.shape[0] <= SMALL_ROWS:
+            took = time.perf_counter() - start
+            small = self._small_seconds  # a racy update loses a sample at worst
+            self._small_seconds = took if small is None else 0.8 * small + 0.2 * took
         if self._on_pass is not None:
             self._on_pass(len(calls), X.shape[0])
         results, offset = [], 0

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import torch
 
 from preimage.errors import InvalidArgumentError
-from preimage.server.engine.batcher import ALIGN, PredictBatcher, coalescing_is_exact
+from preimage.server.engine.batcher import ALIGN, SMALL_ROWS, PredictBatcher, coalescing_is_exact
 from tests.engine.helpers import module_of
 from tests.models import EXAMPLE_MODEL, mlp_onnx, onnx_eval
 
@@ -99,3 +101,70 @@ def test_padding_never_shows(rows: int) -> None:
     assert out.shape == (rows, 2)
     if rows:
         np.testing.assert_allclose(out, onnx_eval(model, X), rtol=1e-5, atol=1e-6)
+
+
+class Gated(torch.nn.Module):
+    """A linear map whose forward waits for ``gate`` once ``armed`` (to hold a pass open)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 2)
+        self.armed = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        if self.armed:
+            self.entered.set()
+            assert self.gate.wait(timeout=30)
+        return self.linear(X)
+
+
+def test_inline_runs_a_small_call_alone_with_the_bits_of_a_worker_call() -> None:
+    model = mlp_onnx([3, 8, 2], seed=6)
+    passes = Passes()
+    batcher = PredictBatcher(module_of(model), 3, on_pass=passes)
+    X = np.random.default_rng(6).normal(size=(5, 3)).astype(np.float32)
+    assert batcher.try_inline(X, max_seconds=1.0) is None, "no small pass measured yet"
+    through_worker = batcher(X)
+    assert batcher.small_pass_seconds is not None
+    inline = batcher.try_inline(X, max_seconds=1.0)
+    assert inline is not None
+    np.testing.assert_array_equal(inline, through_worker)
+    np.testing.assert_allclose(inline, onnx_eval(model, X), rtol=1e-5, atol=1e-6)
+    assert passes.calls == [1, 1]
+    assert batcher.try_inline(X, max_seconds=0.0) is None, "0 turns it off"
+    big = np.zeros((SMALL_ROWS + 1, 3), dtype=np.float32)
+    assert batcher.try_inline(big, max_seconds=1.0) is None
+    with pytest.raises(InvalidArgumentError, match="4 columns"):
+        batcher.try_inline(np.ones((2, 4), dtype=np.float32), max_seconds=1.0)
+    delayed = PredictBatcher(module_of(model), 3, delay_seconds=0.01)
+    delayed(X)
+    assert delayed.try_inline(X, max_seconds=1.0) is None, "calls that wait for company never run inline"
+
+
+def test_inline_defers_to_a_running_pass_and_hands_its_lead_on() -> None:
+    module = Gated().eval().requires_grad_(False)
+    batcher = PredictBatcher(module, 3)
+    X = np.ones((2, 3), dtype=np.float32)
+    expected = batcher(X)
+    module.armed = True
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(batcher, X)  # holds a pass open
+        assert module.entered.wait(timeout=30)
+        assert batcher.try_inline(X, max_seconds=10.0) is None, "a pass is running: join it instead"
+        module.gate.set()
+        np.testing.assert_array_equal(running.result(timeout=30), expected)
+        # an inline pass in progress: a worker call queues behind it and leads once it ends
+        module.gate.clear()
+        module.entered.clear()
+        inline = pool.submit(batcher.try_inline, X, max_seconds=10.0)
+        assert module.entered.wait(timeout=30)
+        follower = pool.submit(batcher, X)
+        deadline = time.monotonic() + 30
+        while not batcher._pending and time.monotonic() < deadline:
+            time.sleep(0.001)
+        module.gate.set()
+        np.testing.assert_array_equal(inline.result(timeout=30), expected)
+        np.testing.assert_array_equal(follower.result(timeout=30), expected)
+    assert batcher.try_inline(X, max_seconds=10.0) is not None, "the lead came back"

@@ -6,14 +6,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from preimage.server.app import start_server
 from preimage.server.cli import settings_from_args
 from preimage.server.settings import Settings
-from preimage.v1 import inference_pb2
-from tests.models import onnx_eval
+from preimage.v1 import inference_pb2, registry_pb2
+from tests.models import mlp_onnx, onnx_eval
 from tests.server.conftest import connect, register
 from tests.server.test_end_to_end import as_array, to_matrix
 
@@ -60,3 +61,62 @@ def test_device_must_be_one_torch_can_use(capsys: pytest.CaptureFixture[str]) ->
             settings_from_args(["--device", "cuda"])
         assert caught.value.code == 2
         assert "--device: device 'cuda' is not usable here" in capsys.readouterr().err
+
+
+def test_small_predicts_run_inline_and_follow_every_registry_change(tmp_path: Path, example_model_bytes: bytes) -> None:
+    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0")
+    other = mlp_onnx([10, 16, 1], seed=9)
+    X = np.random.default_rng(9).random((3, 10), dtype=np.float32)
+
+    def predict(stubs) -> tuple[int, np.ndarray]:
+        response = stubs.inference.Predict(
+            inference_pb2.PredictRequest(model_ref="difficulty", inputs=to_matrix(X)), timeout=60
+        )
+        return response.model.version, as_array(response.outputs)
+
+    with start_server(settings) as running:
+        metrics = running.server.metrics.registry
+
+        def inline() -> float:
+            return metrics.get_sample_value("preimage_predict_inline_calls_total")
+
+        stubs = connect(running.address)
+        register(stubs, "difficulty", example_model_bytes)
+        first = predict(stubs)  # cold: resolved and warmed in a worker
+        assert inline() == 0
+        again = predict(stubs)
+        assert inline() == 1, "a warm small call skips the worker hop"
+        assert again[0] == first[0] == 1
+        np.testing.assert_array_equal(again[1], first[1])
+        np.testing.assert_allclose(again[1], onnx_eval(example_model_bytes, X), rtol=1e-5, atol=1e-5)
+
+        register(stubs, "difficulty", other)  # the name now resolves to version 2
+        version, out = predict(stubs)
+        assert version == 2 and inline() == 1, "a registry write sends the call back through a worker"
+        np.testing.assert_allclose(out, onnx_eval(other, X), rtol=1e-5, atol=1e-5)
+        assert predict(stubs)[0] == 2 and inline() == 2
+
+        stubs.registry.DeleteModel(registry_pb2.DeleteModelRequest(model_ref="difficulty:2"), timeout=30)
+        version, out = predict(stubs)
+        assert version == 1
+        np.testing.assert_array_equal(out, first[1])
+        stubs.registry.DeleteModel(registry_pb2.DeleteModelRequest(model_ref="difficulty", all_versions=True))
+        with pytest.raises(grpc.RpcError) as caught:
+            predict(stubs)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        stubs.channel.close()
+
+
+def test_inline_predict_can_be_turned_off(tmp_path: Path, example_model_bytes: bytes) -> None:
+    settings = settings_from_args(
+        ["--registry", str(tmp_path / "r"), "--address", "127.0.0.1:0", "--predict-inline-max-ms", "0"]
+    )
+    assert settings.predict_inline_max_ms == 0
+    with start_server(settings) as running:
+        stubs = connect(running.address)
+        register(stubs, "difficulty", example_model_bytes)
+        request = inference_pb2.PredictRequest(model_ref="difficulty", inputs=to_matrix(np.zeros((1, 10), np.float32)))
+        for _ in range(3):
+            stubs.inference.Predict(request, timeout=60)
+        assert running.server.metrics.registry.get_sample_value("preimage_predict_inline_calls_total") == 0
+        stubs.channel.close()
