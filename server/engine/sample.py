@@ -51,12 +51,23 @@ import torch
 
 from preimage.server.engine.collector import Collector
 from preimage.server.engine.context import Candidates, Context, Driver, Outcome
-from preimage.server.engine.lines import CALIBRATION_LINES, FINE_GRID, LineSampler, calibrate
+from preimage.server.engine.lines import Calibration, LineSampler, calibrate
 from preimage.server.engine.newton import NewtonConfig, NewtonPool
 from preimage.server.engine.optimize import optimize
 from preimage.server.engine.space import InputSpace
 
-__all__ = ["A_FLOOR", "A_TARGET", "PILOT", "PILOT_SEED", "PROBE_SEED", "W_MAX", "Pilot", "PilotCache", "sample"]
+__all__ = [
+    "A_FLOOR",
+    "A_TARGET",
+    "CALIBRATION_SEED",
+    "PILOT",
+    "PILOT_SEED",
+    "PROBE_SEED",
+    "W_MAX",
+    "Pilot",
+    "PilotCache",
+    "sample",
+]
 
 PILOT = 8192
 """Rows of the pilot."""
@@ -64,6 +75,8 @@ PILOT_SEED = 0x9E3779B97F4A7C15
 """Seed of the pilot's own generator."""
 PROBE_SEED = 0xD1B54A32D192ED03
 """Seed of the reachability probe's own generator."""
+CALIBRATION_SEED = 0x94D049BB133111EB
+"""Seed of the line calibration's own generator."""
 A_TARGET = 0.01
 A_FLOOR = 0.002
 W_MAX = 0.02
@@ -72,8 +85,6 @@ _SCREEN_MAX = 32768
 _PROBE_PASSES = 40
 _NEWTON_AGE = 12
 _NEAR_ROWS = 64
-# Rows a calibration costs (two columns, 256 lines of 33 points).
-_CALIBRATION_ROWS = 2 * CALIBRATION_LINES * FINE_GRID
 _FIRST_LINES = 256
 _MIN_LINES = 64
 # Rows a window row's projection costs on average (a gradient pass and a few forward-only secant steps).
@@ -102,6 +113,8 @@ class Pilot:
         near: The :data:`_NEAR_ROWS` rows nearest the target (where line calibration starts).
         reachable: ``True`` when the target is known to be reachable (a pilot hit, or a
             probe found a pattern), ``None`` while unknown.
+        calibration: The line sampler's calibration (one output), measured from a generator of
+            its own (:data:`CALIBRATION_SEED`) by the first run that needs it; ``None`` until then.
     """
 
     spread: np.ndarray
@@ -111,6 +124,7 @@ class Pilot:
     inside_window: int
     near: np.ndarray
     reachable: bool | None
+    calibration: Calibration | None = None
 
     @property
     def window_cost(self) -> float:
@@ -161,11 +175,11 @@ def sample(ctx: Context) -> Driver:
     pilot = _pilot(ctx)
     window_cost = pilot.window_cost
     calibration = None
-    # Calibrating lines costs about as much as a few hundred windowed patterns: small requests skip it.
-    if targets.outputs == 1 and ctx.collector.remaining * window_cost > _CALIBRATION_ROWS:
-        calibration = calibrate(ctx, pilot.near, spend=ctx.collector.remaining * window_cost)
-        if calibration is None:
+    if targets.outputs == 1:
+        pilot = _calibrated(ctx, pilot)
+        if pilot is None:
             return Outcome.BUDGET
+        calibration = pilot.calibration
     if not (calibration is not None and calibration.reached):
         outcome = _reachable(ctx, pilot)
         if outcome is not None:
@@ -215,6 +229,24 @@ def _pilot(ctx: Context) -> Pilot:
     )
     if cache is not None:
         cache.put(ctx.space, key, pilot)
+    return pilot
+
+
+def _calibrated(ctx: Context, pilot: Pilot) -> Pilot | None:
+    """The pilot with its line calibration: cached, else measured from its own generator (and cached).
+
+    Like the pilot, the calibration depends on the model, constraints, target and prior only, so a
+    run's patterns depend on its seed alone, and a warm server runs even a 20-pattern request on the
+    line sampler without paying the calibration's 17,000 rows again. ``None`` when the budget ran out.
+    """
+    if pilot.calibration is not None:
+        return pilot
+    calibration = calibrate(replace(ctx, rng=np.random.default_rng(CALIBRATION_SEED)), pilot.near)
+    if calibration is None:
+        return None
+    pilot = replace(pilot, calibration=calibration)
+    if ctx.pilots is not None:
+        ctx.pilots.put(ctx.space, _pilot_key(ctx), pilot)
     return pilot
 
 

@@ -278,13 +278,23 @@ def test_lines_hand_over_to_the_windowed_sampler(
     assert np.abs(onnx_eval(EXAMPLE, result.X)[:, 0] - 7.0).max() <= 1e-3
 
 
-def test_small_requests_skip_calibration(caplog: pytest.LogCaptureFixture) -> None:
+def test_the_calibration_is_warm_state_measured_once_per_target(caplog: pytest.LogCaptureFixture) -> None:
+    # Like the pilot, the calibration comes from a generator of its own and is kept in the PilotCache:
+    # a warm 20-pattern request runs on the line sampler and spends a few hundred rows, not a calibration.
+    space = space_of(EXAMPLE_SCHEMA)
+    pilots = sample.PilotCache()
+    calibration_rows = 2 * lines.CALIBRATION_LINES * lines.FINE_GRID
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
-        result = run_invert(EXAMPLE, space_of(EXAMPLE_SCHEMA), spec(7.0, n=20, seed=1))
-    assert result.summary.returned == 20
-    first = next(r.getMessage() for r in caplog.records if "sampler" in r.getMessage())
-    assert first.startswith("sample: windowed sampler")
-    assert result.summary.rows_evaluated < 2 * lines.CALIBRATION_LINES * lines.FINE_GRID  # one calibration's scan
+        cold = run_invert(EXAMPLE, space, spec(7.0, n=20, seed=1), pilots=pilots)
+        warm = run_invert(EXAMPLE, space, spec(7.0, n=20, seed=2), pilots=pilots)
+    assert cold.summary.returned == warm.summary.returned == 20
+    chosen = [r.getMessage() for r in caplog.records if "sampler" in r.getMessage()]
+    assert len(chosen) == 2 and all(m.startswith("sample: line sampler") for m in chosen)
+    assert cold.summary.rows_evaluated > calibration_rows
+    assert warm.summary.rows_evaluated < calibration_rows // 10
+    assert np.abs(onnx_eval(EXAMPLE, warm.X)[:, 0] - 7.0).max() <= 1e-3
+    (pilot,) = [p for p in pilots._spaces[space].values()]
+    assert pilot.calibration is not None and pilot.calibration.plan is not None
 
 
 def test_line_draws_take_the_in_distribution_tilt(caplog: pytest.LogCaptureFixture) -> None:
