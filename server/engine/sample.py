@@ -176,10 +176,10 @@ def sample(ctx: Context) -> Driver:
     window_cost = pilot.window_cost
     calibration = None
     if targets.outputs == 1:
-        pilot = _calibrated(ctx, pilot)
-        if pilot is None:
+        calibrated = _calibrated(ctx, pilot)
+        if calibrated is None:
             return Outcome.BUDGET
-        calibration = pilot.calibration
+        pilot, calibration = calibrated, calibrated.calibration
     if not (calibration is not None and calibration.reached):
         outcome = _reachable(ctx, pilot)
         if outcome is not None:
