@@ -112,26 +112,35 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         async with self.runtime.invert_admission.slot(_lane(context, request.model_ref), context.time_remaining()):
             stop = stop_event(context)
             try:
-                # invert() validates and runs one forward pass before it returns: off the event loop too.
-                events = await self.runtime.run(
-                    invert,
-                    loaded.module,
-                    space,
-                    spec,
-                    statistics=loaded.statistics,
-                    stop=stop,
-                    pilots=self.runtime.pilots,
-                    spreads=loaded.schema.spread_columns,
-                )
-                while (event := await self.runtime.run(next, events, _END)) is not _END:
-                    if isinstance(event, PatternBatch):
-                        self.metrics.patterns.inc(len(event))
-                        yield pattern_batch_to_proto(event, raw=request.raw_outputs)
-                    else:
-                        self.metrics.passes.labels("forward").inc(event.forward_passes)
-                        self.metrics.passes.labels("backward").inc(event.backward_passes)
-                        self.metrics.rows_evaluated.inc(event.rows_evaluated)
-                        yield invert_summary_to_proto(event, record.name, record.version)
+
+                def start() -> tuple[Any, list[Any]]:
+                    # invert() validates and runs one forward pass before it returns: off the event loop
+                    # too, in the same worker hop as the first step.
+                    events = invert(
+                        loaded.module,
+                        space,
+                        spec,
+                        statistics=loaded.statistics,
+                        stop=stop,
+                        pilots=self.runtime.pilots,
+                        spreads=loaded.schema.spread_columns,
+                    )
+                    return events, _pull(events, 0, spec.n)
+
+                events, pulled = await self.runtime.run(start)
+                returned = 0
+                while pulled:
+                    for event in pulled:
+                        if isinstance(event, PatternBatch):
+                            returned += len(event)
+                            self.metrics.patterns.inc(len(event))
+                            yield pattern_batch_to_proto(event, raw=request.raw_outputs)
+                        else:
+                            self.metrics.passes.labels("forward").inc(event.forward_passes)
+                            self.metrics.passes.labels("backward").inc(event.backward_passes)
+                            self.metrics.rows_evaluated.inc(event.rows_evaluated)
+                            yield invert_summary_to_proto(event, record.name, record.version)
+                    pulled = await self.runtime.run(_pull, events, returned, spec.n)
             finally:
                 stop.set()
 
@@ -198,6 +207,24 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 stop.set()
                 self.metrics.training_running.dec()
                 self.metrics.training_jobs.labels(outcome).inc()
+
+
+def _pull(events: Any, returned: int, n: int) -> list[Any]:
+    """In a worker: the engine's next event, and the summary with it when that batch completes the call.
+
+    A call's last batch and its summary then cost one worker hop, not two. Empty at the end.
+    """
+    from preimage.server.engine import PatternBatch
+
+    event = next(events, _END)
+    if event is _END:
+        return []
+    pulled = [event]
+    if isinstance(event, PatternBatch) and returned + len(event) >= n:
+        after = next(events, _END)  # the engine ends a complete run at once: its summary
+        if after is not _END:
+            pulled.append(after)
+    return pulled
 
 
 def _lane(context: grpc.aio.ServicerContext, model_ref: str) -> str:

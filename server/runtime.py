@@ -82,7 +82,15 @@ class Runtime:
         return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
 
     async def load(self, ref: str) -> LoadedModel:
-        """Resolve ``ref`` and load its module (on the serving device) in a worker thread."""
+        """Resolve ``ref`` and load its module (on the serving device).
+
+        From the hot cache on the event loop when a worker resolved ``ref`` since the registry
+        last changed (see :meth:`_hot_model`), else in a worker thread.
+        """
+        hot = self._hot_model(ref)
+        if hot is not None:
+            self.metrics.model_loads.labels("hit").inc()
+            return hot.loaded
         return (await self.run(self._warm, ref)).loaded
 
     def _warm(self, ref: str) -> WarmModel:
