@@ -25,6 +25,7 @@ from preimage.registry.errors import (
     ReferenceEvaluationError,
     TensorShapeError,
 )
+from preimage.registry.lowering import lower
 from preimage.registry.schema import FeatureKind, FeatureSchema
 
 __all__ = [
@@ -52,12 +53,16 @@ def freeze(module: torch.nn.Module) -> torch.nn.Module:
 
 
 def to_module(model: onnx.ModelProto) -> torch.nn.Module:
-    """Convert with onnx2torch and freeze. Raises :class:`ConversionError`."""
+    """Convert with onnx2torch, freeze, and lower its simple layers to plain calls (:func:`lower`).
+
+    Raises:
+        ConversionError: onnx2torch cannot convert the model.
+    """
     try:
         module = convert(model)
     except Exception as exc:  # onnx2torch raises anything from KeyError to NotImplementedError
         raise ConversionError(f"{type(exc).__name__}: {exc}") from None
-    return freeze(module)
+    return lower(freeze(module))
 
 
 def sample_rows(schema: FeatureSchema, rows: int, rng: np.random.Generator) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -307,8 +308,18 @@ def _searched_outputs(
     return module, wanted, width
 
 
+_OUTPUT_WIDTHS: weakref.WeakKeyDictionary[torch.nn.Module, dict[int, int]] = weakref.WeakKeyDictionary()
+"""Output width per module and input width, learned once: a warm call skips the probe pass."""
+
+
 def _output_width(module: torch.nn.Module, space: InputSpace) -> int:
-    """Run one row through the model to learn its output width ``m`` (and that it takes ``d`` columns)."""
+    """Run one row through the model to learn its output width ``m`` (and that it takes ``d`` columns).
+
+    Remembered per module and ``d`` (a frozen module's widths do not change); failures are not.
+    """
+    known = _OUTPUT_WIDTHS.get(module)
+    if known is not None and space.width in known:
+        return known[space.width]
     X = torch.from_numpy(space.lower.copy()).reshape(1, -1).to(model_device(module))
     try:
         with torch.no_grad():
@@ -318,4 +329,6 @@ def _output_width(module: torch.nn.Module, space: InputSpace) -> int:
             f"the model does not take the {space.width} input columns the schema describes: {str(exc).splitlines()[0]}",
             field="bounds",
         ) from None
-    return int(F.shape[1])
+    width = int(F.shape[1])
+    _OUTPUT_WIDTHS.setdefault(module, {})[space.width] = width
+    return width

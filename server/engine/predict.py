@@ -15,7 +15,8 @@ def input_width(module: torch.nn.Module) -> int | None:
     """The input width a module expects, when its graph says so (the first op is a ``Linear``).
 
     onnx2torch turns the usual first ``Gemm``/``MatMul`` of an exported network into a
-    ``torch.nn.Linear``; for other graphs the width is unknown here (``None``).
+    ``torch.nn.Linear`` (which the registry lowers to a ``F.linear`` call); for other graphs
+    the width is unknown here (``None``).
     """
     graph = getattr(module, "graph", None)
     if graph is None:
@@ -24,10 +25,17 @@ def input_width(module: torch.nn.Module) -> int | None:
     if len(placeholders) != 1:
         return None
     users = list(placeholders[0].users)
-    if len(users) == 1 and users[0].op == "call_module":
-        first = module.get_submodule(str(users[0].target))
+    if len(users) != 1:
+        return None
+    user = users[0]
+    if user.op == "call_module":
+        first = module.get_submodule(str(user.target))
         if isinstance(first, torch.nn.Linear):
             return int(first.in_features)
+    elif user.op == "call_function" and user.target is torch.nn.functional.linear and user.args[0] is placeholders[0]:
+        weight = user.args[1]  # lowered (preimage.registry.lowering): a get_attr of the layer's weight
+        if getattr(weight, "op", None) == "get_attr":
+            return int(module.get_parameter(str(weight.target)).shape[1])
     return None
 
 
