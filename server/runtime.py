@@ -173,16 +173,15 @@ class Runtime:
         Returns:
             The resolved record and the ``n x m`` float32 outputs.
 
-        A small call on a model whose warm state is current runs on the event loop at once (see
-        ``Settings.predict_inline_max_ms``); the rest run in a worker, coalesced per model.
+        A lone call on a model whose warm state is current, and whose pass is known to be cheap,
+        runs on the event loop at once (see ``Settings.predict_inline_max_ms``); the rest run in
+        a worker, coalesced per model.
         """
-        from preimage.server.engine.batcher import SMALL_ROWS  # torch loads with the first model, not at start-up
-
         max_seconds = self.settings.predict_inline_max_ms / 1000
         self._predicts += 1
         try:
             inline = None
-            hot = self._hot_model(ref) if max_seconds > 0 and X.shape[0] <= SMALL_ROWS else None
+            hot = self._hot_model(ref) if max_seconds > 0 else None
             if hot is not None:
                 await asyncio.sleep(0)  # calls that arrived with this one get to announce themselves
                 if self._predicts == 1:  # alone: with company, a worker pass serves all of them at once

@@ -136,11 +136,14 @@ class Settings(BaseSettings):
     predict_max_batch_rows: int = Field(default=65536, ge=1)
     """Most rows in one coalesced Predict pass; a larger call runs on its own."""
 
-    predict_inline_max_ms: float = Field(default=0.5, ge=0, le=100)
-    """A Predict call of at most 64 rows runs on the server's event loop, skipping the hop to a worker
-    thread (which costs more than a small pass), while the model's small passes take at most this many
-    milliseconds on average and no pass of that model is running or queued (those calls join it
-    instead). Only with the embedded registry index and ``predict_batch_delay_ms`` 0; 0 turns it off."""
+    predict_inline_max_ms: float = Field(default=2.0, ge=0, le=100)
+    """A Predict call runs on the server's event loop, skipping the hop to a worker thread (two thread
+    wake-ups: a few hundred microseconds on a small busy machine, more than a small pass), when it is the
+    only Predict in flight, no pass of its model is running or queued (it joins that instead), and passes
+    of its size on that model have taken at most this many milliseconds on average (a 1-row call on a
+    small network: about 0.1 ms; 4096 rows of the example model: about 1.5 ms). Other calls wait for the
+    event loop that long at most. Only with the embedded registry index and ``predict_batch_delay_ms`` 0;
+    0 turns it off."""
 
     engine_workers: int = Field(default=16, ge=1)
     """Worker threads running engine and registry work."""

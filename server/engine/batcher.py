@@ -33,7 +33,7 @@ ALIGN = 8
 """Rows of every call are padded to a multiple of this, so segments start at aligned offsets."""
 
 SMALL_ROWS = 64
-"""Most rows of a call :meth:`PredictBatcher.try_inline` may run on the caller's thread."""
+"""Passes of at most this many rows are timed as one class (their cost is per pass, not per row)."""
 
 _log = logging.getLogger(__name__)
 
@@ -93,27 +93,41 @@ class PredictBatcher:
         self._pending: deque[_Call] = deque()
         self._leading = False
         self._small_seconds: float | None = None
+        self._row_seconds: float | None = None
 
     @property
     def small_pass_seconds(self) -> float | None:
         """A running average of the time a pass of at most :data:`SMALL_ROWS` rows takes (``None``: none yet)."""
         return self._small_seconds
 
-    def try_inline(self, X: np.ndarray, *, max_seconds: float) -> np.ndarray | None:
-        """Run a small call on the calling thread at once, if that is cheap and no pass is under way.
+    def estimated_seconds(self, rows: int) -> float | None:
+        """What a pass over ``rows`` rows is expected to take, from the passes so far (``None``: not yet known).
 
-        For an event loop that would otherwise hand a one-row call to a worker thread (a thread
-        hop costs more than the pass). The call runs alone, padded as always, so its outputs are
-        the bits it would get from :meth:`__call__`. Returns ``None`` (nothing ran) where a
-        pass is running or queued (join it through :meth:`__call__`), where calls wait
-        ``delay_seconds`` for company, where the call has more than :data:`SMALL_ROWS` rows, or
-        where small passes have not yet been measured at most ``max_seconds``.
+        Passes of at most :data:`SMALL_ROWS` rows cost about the same whatever their size (the
+        running average of their times); larger ones cost their padded rows times the running
+        average of the seconds per row of the larger passes so far.
+        """
+        if rows <= SMALL_ROWS:
+            return self._small_seconds
+        per_row = self._row_seconds
+        return None if per_row is None else per_row * _aligned(rows)
+
+    def try_inline(self, X: np.ndarray, *, max_seconds: float) -> np.ndarray | None:
+        """Run a call on the calling thread at once, if its pass is cheap and no pass is under way.
+
+        For an event loop that would otherwise hand the call to a worker thread, when the thread
+        hop (two wake-ups, a few hundred microseconds on a busy small machine) is a large part of
+        the call. The call runs alone, padded as always, so its outputs are the bits it would get
+        from :meth:`__call__`. Returns ``None`` (nothing ran) where a pass is running or queued
+        (join it through :meth:`__call__`), where calls wait ``delay_seconds`` for company, or
+        where passes of its size are not yet known (:meth:`estimated_seconds`) to take at most
+        ``max_seconds``.
 
         Raises:
             InvalidArgumentError: Bad rows, as :meth:`__call__`.
         """
-        small = self._small_seconds
-        if small is None or small > max_seconds or self.delay_seconds > 0 or np.shape(X)[0] > SMALL_ROWS:
+        estimate = self.estimated_seconds(int(np.shape(X)[0])) if np.ndim(X) == 2 else None
+        if estimate is None or estimate > max_seconds or self.delay_seconds > 0:
             return None
         X32 = checked_rows(self.module, X, self.width)
         call = _Call(X32)
@@ -188,10 +202,14 @@ class PredictBatcher:
         X = parts[0] if len(parts) == 1 else np.concatenate(parts)
         start = time.perf_counter()
         out = forward(self.module, X)
+        took = time.perf_counter() - start
+        # Racy updates lose a sample at worst.
         if X.shape[0] <= SMALL_ROWS:
-            took = time.perf_counter() - start
-            small = self._small_seconds  # a racy update loses a sample at worst
+            small = self._small_seconds
             self._small_seconds = took if small is None else 0.8 * small + 0.2 * took
+        else:
+            per_row, row = self._row_seconds, took / X.shape[0]
+            self._row_seconds = row if per_row is None else 0.8 * per_row + 0.2 * row
         if self._on_pass is not None:
             self._on_pass(len(calls), X.shape[0])
         results, offset = [], 0

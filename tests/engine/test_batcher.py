@@ -134,8 +134,17 @@ def test_inline_runs_a_small_call_alone_with_the_bits_of_a_worker_call() -> None
     np.testing.assert_allclose(inline, onnx_eval(model, X), rtol=1e-5, atol=1e-6)
     assert passes.calls == [1, 1]
     assert batcher.try_inline(X, max_seconds=0.0) is None, "0 turns it off"
-    big = np.zeros((SMALL_ROWS + 1, 3), dtype=np.float32)
-    assert batcher.try_inline(big, max_seconds=1.0) is None
+    big = np.random.default_rng(7).normal(size=(4 * SMALL_ROWS + 3, 3)).astype(np.float32)
+    assert batcher.estimated_seconds(big.shape[0]) is None
+    assert batcher.try_inline(big, max_seconds=1.0) is None, "no large pass measured yet"
+    big_through_worker = batcher(big)
+    estimate = batcher.estimated_seconds(big.shape[0])
+    assert estimate is not None and estimate > 0
+    assert batcher.try_inline(big, max_seconds=estimate / 4) is None, "a large pass over the budget stays in a worker"
+    big_inline = batcher.try_inline(big, max_seconds=max(1.0, 2 * estimate))
+    assert big_inline is not None
+    np.testing.assert_array_equal(big_inline, big_through_worker)
+    np.testing.assert_allclose(big_inline, onnx_eval(model, big), rtol=1e-5, atol=1e-6)
     with pytest.raises(InvalidArgumentError, match="4 columns"):
         batcher.try_inline(np.ones((2, 4), dtype=np.float32), max_seconds=1.0)
     delayed = PredictBatcher(module_of(model), 3, delay_seconds=0.01)
