@@ -138,6 +138,10 @@ class PreimageServer:
         await self._set_health(_NOT_SERVING)
         await self.server.start()
         await self.runtime.run(_set_torch_threads, settings.torch_threads)  # imports torch: off the loop
+        # Again on the loop's own thread, which runs lone cheap Predicts (Runtime.predict): OpenMP's
+        # thread count is per thread, and a team left at the default keeps a second thread spinning
+        # on a core after every pass.
+        _set_torch_threads(settings.torch_threads)
         self._registry = await self.runtime.run(
             Registry.open,
             settings.registry_dir,

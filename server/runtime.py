@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +36,30 @@ _RECORDS = 4096
 """Resolved model references kept between registry writes."""
 
 
+def _worker_started(torch_threads: int) -> None:
+    """In each new worker thread: torch's thread count, where torch is loaded already.
+
+    OpenMP keeps its thread count per thread: a worker left at the default (every core) gives
+    each large operation a team whose second thread then spins on a core after every pass,
+    starving the event loop and the other workers. The first worker, started before torch
+    is imported, sets it as its first task (``PreimageServer.start``).
+    """
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(torch_threads)
+
+
 class Runtime:
     """Settings, the registry (once open), the worker pool, limits and metrics."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=settings.engine_workers, thread_name_prefix="preimage-worker")
+        self.executor = ThreadPoolExecutor(
+            max_workers=settings.engine_workers,
+            thread_name_prefix="preimage-worker",
+            initializer=_worker_started,
+            initargs=(settings.torch_threads,),
+        )
         self.invert_admission = Admission(
             "Invert", settings.max_concurrent_inverts, settings.invert_queue_size, metrics, typical_seconds=0.1
         )
