@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=int, help="converted models kept in memory (default 8)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     p.add_argument("--max-invert-count", type=int, help="largest n per Invert call")
-    p.add_argument("--max-concurrent-inverts", type=int, help="Invert runs at once (default 8)")
+    p.add_argument("--max-concurrent-inverts", type=int, help="Invert runs at once (default: the cores, 2 to 8)")
     p.add_argument("--invert-queue-size", type=int, help="Invert calls that may wait for a slot (default 1024)")
     p.add_argument(
         "--invert-sharing",

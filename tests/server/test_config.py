@@ -78,3 +78,12 @@ def test_every_setting_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     for name in Settings.model_fields:
         assert f"`PREIMAGE_{name.upper()}`" in doc, f"{name} missing from docs/configuration.md"
+
+
+def test_concurrent_inverts_default_to_the_cores_between_2_and_8(monkeypatch: pytest.MonkeyPatch) -> None:
+    from preimage.server import settings as settings_module
+
+    for cores, expected in ((1, 2), (2, 2), (6, 6), (64, 8)):
+        monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert Settings().max_concurrent_inverts == expected
+    assert settings_from_args(["--max-concurrent-inverts", "3"]).max_concurrent_inverts == 3
