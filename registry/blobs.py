@@ -88,7 +88,10 @@ class BlobStore:
 
     def new_temp(self) -> tuple[Path, BinaryIO]:
         """A fresh temporary upload file, open for writing and locked against clean-up."""
-        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
+        try:
+            fd, name = tempfile.mkstemp(prefix="upload-", suffix=".part", dir=self.tmp_dir)
+        except FileNotFoundError:  # the registry's folder was removed under the running server
+            raise RegistryUnavailableError(self.where, f"{self.tmp_dir} is missing") from None
         handle = os.fdopen(fd, "wb")
         if fcntl is not None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

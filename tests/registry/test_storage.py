@@ -228,3 +228,15 @@ def test_open_validates_settings(tmp_path: Path) -> None:
         Registry.open(tmp_path, parity_rows=1)
     with pytest.raises(ValueError, match="capacity"):
         Registry.open(tmp_path, cache_size=-1)
+
+
+def test_an_upload_into_a_removed_registry_folder_is_unavailable_and_names_it(tmp_path: Path) -> None:
+    root = tmp_path / "r"
+    registry = Registry.open(root)
+    data = gemm().SerializeToString()
+    registry.register_bytes("kept", data)
+    shutil.rmtree(root / "tmp")
+    with pytest.raises(RegistryUnavailableError, match=r"tmp is missing"):
+        registry.register_bytes("lost", data)
+    assert [r.name for r in registry.list()] == ["kept"]
+    registry.close()
