@@ -235,6 +235,12 @@ class Registry:
                     self._lookups_valid_until = started + self._lookup_window
             return changed
 
+    @property
+    def local_writes(self) -> int:
+        """A number that moves (after the commit) whenever this process changes what a reference
+        resolves to: a registration, an alias set or deleted, a deletion. Reading it costs no query."""
+        return self._lookup_epoch
+
     def generation(self) -> int:
         """A number that moves whenever anything changes the index, from this process or another.
 

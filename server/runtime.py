@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ _SPACES = 256
 """Input spaces (model version x constraints) kept warm."""
 _RECORDS = 4096
 """Resolved model references kept between registry writes."""
+GENERATION_WINDOW = 0.02
+"""Seconds a read of the embedded index's generation answers warm lookups on the event loop
+while this process writes nothing (its own writes are seen at once; another process's within this)."""
 
 
 def _worker_started(torch_threads: int) -> None:
@@ -71,6 +75,7 @@ class Runtime:
         self.warm = WarmModels(settings, metrics)
         self._records: dict[str, tuple[int, ModelRecord]] = {}
         self._hot: dict[str, tuple[int, WarmModel]] = {}
+        self._generation_read: tuple[float, int, int] | None = None  # (monotonic time, generation, local writes)
         self._predicts = 0
         self._spaces: OrderedDict[tuple[Any, ...], InputSpace] = OrderedDict()
         self._pilots: PilotCache | None = None
@@ -142,16 +147,28 @@ class Runtime:
         """On the event loop: ``ref``'s warm model if a worker resolved it since the registry last changed.
 
         Only with the embedded index, whose generation is one local read (WAL readers never wait on
-        writers); a shared index's lookups may go over the network.
+        writers); a shared index's lookups may go over the network. One read answers for
+        :data:`GENERATION_WINDOW` seconds while this process writes nothing: under load the query
+        cost about 0.13 ms a call on the loop, and a change made by this process is seen at once
+        all the same (``Registry.local_writes``).
         """
         registry = self._registry
         entry = self._hot.get(ref)
         if entry is None or registry is None or registry.caches_lookups:
             return None
-        try:
-            if registry.generation() != entry[0]:
+        now = time.monotonic()
+        writes = registry.local_writes
+        read = self._generation_read
+        if read is not None and read[2] == writes and now - read[0] < GENERATION_WINDOW:
+            generation = read[1]
+        else:
+            try:
+                generation = registry.generation()
+            except Exception:  # the worker path reports what is wrong
+                self._generation_read = None
                 return None
-        except Exception:  # the worker path reports what is wrong
+            self._generation_read = (now, generation, writes)
+        if generation != entry[0]:
             return None
         return entry[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -119,4 +120,34 @@ def test_inline_predict_can_be_turned_off(tmp_path: Path, example_model_bytes: b
         for _ in range(3):
             stubs.inference.Predict(request, timeout=60)
         assert running.server.metrics.registry.get_sample_value("preimage_predict_inline_calls_total") == 0
+        stubs.channel.close()
+
+
+def test_another_process_registering_is_seen_within_the_generation_window(
+    tmp_path: Path, example_model_bytes: bytes
+) -> None:
+    from preimage.registry import Registry
+    from preimage.server.runtime import GENERATION_WINDOW
+
+    settings = Settings(registry_dir=tmp_path / "r", address="127.0.0.1:0")
+    other = mlp_onnx([10, 16, 1], seed=11)
+    X = np.random.default_rng(11).random((2, 10), dtype=np.float32)
+    with start_server(settings) as running:
+        stubs = connect(running.address)
+        register(stubs, "difficulty", example_model_bytes)
+
+        def version() -> int:
+            message = inference_pb2.PredictRequest(model_ref="difficulty", inputs=to_matrix(X))
+            return int(stubs.inference.Predict(message, timeout=60).model.version)
+
+        assert version() == 1 and version() == 1  # warm: the second runs inline
+        elsewhere = Registry.open(tmp_path / "r")  # another process's registry on the same folder
+        try:
+            elsewhere.register_bytes("difficulty", other)
+        finally:
+            elsewhere.close()
+        registered = time.monotonic()
+        while version() != 2:
+            assert time.monotonic() - registered < GENERATION_WINDOW + 5, "the other process's version never appeared"
+            time.sleep(GENERATION_WINDOW / 4)
         stubs.channel.close()
