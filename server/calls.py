@@ -66,7 +66,7 @@ def rpc(name: str, model_ref: Callable[[Any], str] | None = None) -> Callable[[A
             @functools.wraps(method)
             async def streaming(self: _Host, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 call = _begin(name, request, context, model_ref)
-                self.metrics.in_flight.labels(name).inc()
+                self.metrics.child(self.metrics.in_flight, name).inc()
                 try:
                     async for message in method(self, request, context, call):
                         yield message
@@ -75,7 +75,7 @@ def rpc(name: str, model_ref: Callable[[Any], str] | None = None) -> Callable[[A
                 else:
                     _finish(self, call, grpc.StatusCode.OK)
                 finally:
-                    self.metrics.in_flight.labels(name).dec()
+                    self.metrics.child(self.metrics.in_flight, name).dec()
 
             return streaming
 
@@ -116,8 +116,8 @@ def _begin(name: str, request: Any, context: grpc.aio.ServicerContext, model_ref
 
 def _finish(host: _Host, call: Call, code: grpc.StatusCode, message: str = "") -> None:
     duration = time.perf_counter() - call.started
-    host.metrics.requests.labels(call.rpc, code.name).inc()
-    host.metrics.latency.labels(call.rpc).observe(duration)
+    host.metrics.child(host.metrics.requests, call.rpc, code.name).inc()
+    host.metrics.child(host.metrics.latency, call.rpc).observe(duration)
     _access.info(
         "%s %s %s",
         call.rpc,

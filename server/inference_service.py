@@ -39,6 +39,8 @@ __all__ = ["InferenceServicer"]
 
 _END = object()
 DEFAULT_PATTERNS_PER_MESSAGE = 256
+_SPECS = 1024
+"""Parsed Invert requests remembered by their bytes (a game server repeats the same request)."""
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -47,6 +49,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self._specs: dict[bytes, tuple[Any, Any, Any]] = {}
 
     async def _load(self, ref: str) -> Any:
         """Resolve and load a model in a worker thread, counting cache hits."""
@@ -61,8 +64,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         X = matrix_from_proto(request.inputs, "inputs")
         record, outputs = await self.runtime.predict(request.model_ref, X)
         labels = (record.name, str(record.version), "preimage")
-        self.metrics.model_inferences.labels(*labels).inc()
-        self.metrics.model_rows.labels(*labels).inc(X.shape[0])
+        self.metrics.child(self.metrics.model_inferences, *labels).inc()
+        self.metrics.child(self.metrics.model_rows, *labels).inc(X.shape[0])
         return inference_pb2.PredictResponse(
             model=tensor_pb2.ModelVersionRef(name=record.name, version=record.version),
             outputs=matrix_to_proto(outputs, raw=request.raw_outputs),
@@ -79,8 +82,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             raise ResourceExhaustedError(
                 f"count {request.count} is over the server's limit of {settings.max_invert_count} patterns per call"
             )
-        spec, bounds, fixed = invert_request_to_spec(request, batch_size=DEFAULT_PATTERNS_PER_MESSAGE)
-        spec = _capped(spec, settings.invert_max_seconds, settings.invert_max_passes)
+        spec, bounds, fixed = self._spec(request)
         loaded = await self._load(request.model_ref)
         record = loaded.record
         call.model_ref = f"{record.name}:{record.version}"
@@ -136,13 +138,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                             self.metrics.patterns.inc(len(event))
                             yield pattern_batch_to_proto(event, raw=request.raw_outputs)
                         else:
-                            self.metrics.passes.labels("forward").inc(event.forward_passes)
-                            self.metrics.passes.labels("backward").inc(event.backward_passes)
+                            self.metrics.child(self.metrics.passes, "forward").inc(event.forward_passes)
+                            self.metrics.child(self.metrics.passes, "backward").inc(event.backward_passes)
                             self.metrics.rows_evaluated.inc(event.rows_evaluated)
                             yield invert_summary_to_proto(event, record.name, record.version)
                     pulled = await self.runtime.run(_pull, events, returned, spec.n)
             finally:
                 stop.set()
+
+    def _spec(self, request: inference_pb2.InvertRequest) -> tuple[Any, Any, Any]:
+        """The request's engine spec (budget capped by the server's limits), bounds and fixed features.
+
+        Remembered by the request's bytes: the specs are frozen, and the many identical small calls
+        of a game server then skip the parse. Requests that fail to parse are not remembered.
+        """
+        key = request.SerializeToString(deterministic=True)
+        parsed = self._specs.get(key)
+        if parsed is None:
+            settings = self.runtime.settings
+            spec, bounds, fixed = invert_request_to_spec(request, batch_size=DEFAULT_PATTERNS_PER_MESSAGE)
+            parsed = (_capped(spec, settings.invert_max_seconds, settings.invert_max_passes), bounds, fixed)
+            if len(self._specs) >= _SPECS:
+                self._specs.clear()
+            self._specs[key] = parsed
+        return parsed
 
     def _shareable(self, request: inference_pb2.InvertRequest, spec: Any, space: Any) -> bool:
         """Whether the call can take its patterns from a run shared with concurrent calls (sharing.py)."""

@@ -115,6 +115,6 @@ class OipServicer(oip_pb2_grpc.GRPCInferenceServiceServicer):
             raise input_error(given.X, exc) from exc
         call.model_ref = record.ref
         labels = (record.name, str(record.version), PROTOCOL)
-        self.metrics.model_inferences.labels(*labels).inc()
-        self.metrics.model_rows.labels(*labels).inc(given.X.shape[0])
+        self.metrics.child(self.metrics.model_inferences, *labels).inc()
+        self.metrics.child(self.metrics.model_rows, *labels).inc(given.X.shape[0])
         return infer_response(request, record.name, record.version, outputs, raw=given.raw)

@@ -112,7 +112,7 @@ class Runtime:
         """
         hot = self._hot_model(ref)
         if hot is not None:
-            self.metrics.model_loads.labels("hit").inc()
+            self.metrics.child(self.metrics.model_loads, "hit").inc()
             return hot.loaded
         return (await self.run(self._warm, ref)).loaded
 
@@ -134,7 +134,7 @@ class Runtime:
                 self._records[ref] = (generation, record)
         hit = record.sha256 in registry.cached()
         loaded = registry.load(record)
-        self.metrics.model_loads.labels("hit" if hit else "miss").inc()
+        self.metrics.child(self.metrics.model_loads, "hit" if hit else "miss").inc()
         self.metrics.models_loaded.set(len(registry.cached()))
         warm = self.warm.get(loaded)
         if generation is not None:
@@ -222,7 +222,7 @@ class Runtime:
                 if self._predicts == 1:  # alone: with company, a worker pass serves all of them at once
                     inline = hot.batcher.try_inline(X, max_seconds=max_seconds)
             if hot is not None and inline is not None:
-                self.metrics.model_loads.labels("hit").inc()
+                self.metrics.child(self.metrics.model_loads, "hit").inc()
                 self.metrics.predict_inline.inc()
                 record, outputs = hot.loaded.record, inline
             else:

@@ -279,8 +279,8 @@ class SharedRun:
                 self._events = None
                 if event is _END:
                     continue
-                metrics.passes.labels("forward").inc(event.forward_passes)
-                metrics.passes.labels("backward").inc(event.backward_passes)
+                metrics.child(metrics.passes, "forward").inc(event.forward_passes)
+                metrics.child(metrics.passes, "backward").inc(event.backward_passes)
                 metrics.rows_evaluated.inc(event.rows_evaluated)
                 self.forward_passes += event.forward_passes
                 self.backward_passes += event.backward_passes

@@ -132,4 +132,7 @@ def test_sharing_can_be_turned_off(tmp_path: Path, example_model_bytes: bytes) -
         register(stubs, "difficulty", example_model_bytes)
         summary = collect(stubs.inference.Invert(request(20), timeout=120))[3]
         assert not summary.shared and summary.seed != 0 and summary.forward_passes > 0
+        # The same request again (its parse is remembered): a run of its own with a fresh seed.
+        again = collect(stubs.inference.Invert(request(20), timeout=120))
+        assert not again[3].shared and again[3].seed not in (0, summary.seed)
         stubs.channel.close()
