@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -285,7 +286,12 @@ def start_server(settings: Settings) -> RunningServer:
 
 
 def run(settings: Settings) -> int:
-    """Serve until SIGTERM or SIGINT, then drain gracefully. Returns the exit status (0)."""
+    """Serve until SIGTERM or SIGINT, then drain gracefully. Returns the exit status (0).
+
+    The process is the server's: this also sets its interpreter switch interval
+    (``Settings.switch_interval_ms``).
+    """
+    sys.setswitchinterval(settings.switch_interval_ms / 1000)
 
     async def main() -> None:
         server = PreimageServer(settings)

@@ -62,7 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predict-inline-max-ms",
         type=float,
-        help="small Predicts run on the event loop while a small pass takes at most this (default 0.5; 0: off)",
+        help="a lone Predict runs on the event loop when its pass takes at most this (default 2; 0: off)",
+    )
+    p.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        help="how long a Python thread may hold the interpreter lock while another waits (default 0.5)",
     )
     p.add_argument("--engine-workers", type=int, help="worker threads for engine and registry work")
     p.add_argument("--metrics-address", help="HOST:PORT for the Prometheus endpoint (off by default)")

@@ -87,3 +87,20 @@ def test_concurrent_inverts_default_to_the_cores_between_2_and_8(monkeypatch: py
         monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert Settings().max_concurrent_inverts == expected
     assert settings_from_args(["--max-concurrent-inverts", "3"]).max_concurrent_inverts == 3
+
+
+def test_serve_sets_the_interpreter_switch_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from preimage.server import app
+
+    assert Settings().switch_interval_ms == 0.5
+    settings = settings_from_args(["--switch-interval-ms", "2"])
+    assert settings.switch_interval_ms == 2
+    monkeypatch.setattr(app.asyncio, "run", lambda main: main.close())  # serve nothing
+    before = sys.getswitchinterval()
+    try:
+        assert app.run(settings) == 0
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
