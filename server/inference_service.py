@@ -138,9 +138,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                             self.metrics.patterns.inc(len(event))
                             yield pattern_batch_to_proto(event, raw=request.raw_outputs)
                         else:
-                            self.metrics.child(self.metrics.passes, "forward").inc(event.forward_passes)
-                            self.metrics.child(self.metrics.passes, "backward").inc(event.backward_passes)
-                            self.metrics.rows_evaluated.inc(event.rows_evaluated)
+                            self.metrics.count_invert_work(
+                                event.forward_passes, event.backward_passes, event.rows_evaluated
+                            )
                             yield invert_summary_to_proto(event, record.name, record.version)
                     pulled = await self.runtime.run(_pull, events, returned, spec.n)
             finally:

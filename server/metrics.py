@@ -106,6 +106,12 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child  # type: ignore[no-any-return]
 
+    def count_invert_work(self, forward_passes: int, backward_passes: int, rows_evaluated: int) -> None:
+        """Add an Invert engine run's work (from its summary) to the pass and row counters."""
+        self.child(self.passes, "forward").inc(forward_passes)
+        self.child(self.passes, "backward").inc(backward_passes)
+        self.rows_evaluated.inc(rows_evaluated)
+
     def serve_http(self, address: str) -> object:
         """Start the HTTP exposition endpoint on ``HOST:PORT``; returns the HTTP server."""
         host, _, port = address.rpartition(":")

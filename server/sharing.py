@@ -279,9 +279,7 @@ class SharedRun:
                 self._events = None
                 if event is _END:
                     continue
-                metrics.child(metrics.passes, "forward").inc(event.forward_passes)
-                metrics.child(metrics.passes, "backward").inc(event.backward_passes)
-                metrics.rows_evaluated.inc(event.rows_evaluated)
+                metrics.count_invert_work(event.forward_passes, event.backward_passes, event.rows_evaluated)
                 self.forward_passes += event.forward_passes
                 self.backward_passes += event.backward_passes
                 self.rows_evaluated += event.rows_evaluated
